@@ -1,0 +1,34 @@
+"""aioelect: asyncio-native leader election on etcd v3.
+
+Everything public is re-exported here; the modules behind it are private.
+"""
+
+from ._connection import TLSConfig as TLSConfig
+from ._embedded import EmbeddedEtcd as EmbeddedEtcd
+from ._exceptions import AioelectError as AioelectError
+from ._exceptions import AuthenticationFailed as AuthenticationFailed
+from ._exceptions import ConfigError as ConfigError
+from ._exceptions import ElectorClosed as ElectorClosed
+from ._exceptions import EtcdError as EtcdError
+from ._exceptions import EtcdUnavailable as EtcdUnavailable
+from ._exceptions import LeadershipLost as LeadershipLost
+from ._exceptions import NoSuchCandidate as NoSuchCandidate
+from ._exceptions import NotLeader as NotLeader
+from ._exceptions import PermissionDenied as PermissionDenied
+
+__version__ = "0.1.0.dev0"
+
+__all__ = (
+    "AioelectError",
+    "AuthenticationFailed",
+    "ConfigError",
+    "ElectorClosed",
+    "EmbeddedEtcd",
+    "EtcdError",
+    "EtcdUnavailable",
+    "LeadershipLost",
+    "NoSuchCandidate",
+    "NotLeader",
+    "PermissionDenied",
+    "TLSConfig",
+)

@@ -1,0 +1,627 @@
+"""The connection layer: the only module that touches aetcd and its raw gRPC stubs.
+
+aetcd 1.0 has no TLS, one host:port only, no deadline unless asked, no
+keepalive pings, and range requests that ignore limit and sort. This module
+builds an :class:`aetcd.Client` whose channel fixes the first four, and gives
+the rest of aioelect a small typed API (``range``, ``txn``, ``grant``,
+``revoke``, a long-lived keepalive stream and a watch stream) over the raw
+stubs. Every aetcd and gRPC error is mapped to ours in :func:`map_errors`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, NoReturn, Union
+from urllib.parse import urlsplit
+
+import aetcd
+import anyio
+import grpc
+import grpc.aio
+from aetcd import rpc
+from typing_extensions import TypeAlias
+
+from ._config import duration
+from ._exceptions import (
+    AuthenticationFailed,
+    ConfigError,
+    EtcdError,
+    EtcdUnavailable,
+    PermissionDenied,
+)
+
+__all__ = (
+    "KV",
+    "Connection",
+    "Endpoint",
+    "KeepAliveStream",
+    "TLSConfig",
+    "WatchBatch",
+    "WatchStream",
+    "map_errors",
+    "parse_endpoints",
+)
+
+StrPath: TypeAlias = Union[str, "os.PathLike[str]"]
+
+#: gRPC keepalive: a ping every 5 s (etcd's default --grpc-keepalive-min-time:
+#: faster pings get the connection closed with too_many_pings) and 3 s to answer,
+#: so a hung (SIGSTOPped) member is dropped within about 8 s and pick_first
+#: moves to the next endpoint.
+_KEEPALIVE_TIME_MS = 5000
+_KEEPALIVE_TIMEOUT_MS = 3000
+
+_UNAVAILABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """TLS settings for the connection to etcd.
+
+    Attributes:
+        ca_file: PEM file of the CA that signed etcd's server certificate;
+            None uses the system's trust store.
+        cert_file: PEM client certificate, for etcd's ``--client-cert-auth``.
+        key_file: PEM private key of ``cert_file``; both or neither.
+        server_name: the name to check the server certificate against, when
+            it differs from the endpoint's host.
+    """
+
+    ca_file: StrPath | None = None
+    cert_file: StrPath | None = None
+    key_file: StrPath | None = None
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("tls", "cert_file and key_file must be given together")
+        for field in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, field)
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(f"tls.{field}", f"no such file: {os.fspath(path)!r}")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Read the files and build the gRPC channel credentials."""
+
+        def read(path: StrPath | None) -> bytes | None:
+            if path is None:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_file),
+            private_key=read(self.key_file),
+            certificate_chain=read(self.cert_file),
+        )
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One parsed etcd endpoint."""
+
+    host: str
+    port: int
+    secure: bool | None  # True: https://, False: http://, None: no scheme
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        scheme = {True: "https://", False: "http://", None: ""}[self.secure]
+        return f"{scheme}{host}:{self.port}"
+
+
+def parse_endpoints(endpoints: object, field: str = "endpoints") -> tuple[Endpoint, ...]:
+    """Parse ``host:port``, ``http://host:port`` or ``https://host:port`` (a str, a
+    comma-separated str, or a list of str) into endpoints."""
+    if isinstance(endpoints, str):
+        items = [e.strip() for e in endpoints.split(",")]
+    elif isinstance(endpoints, (list, tuple)):
+        items = list(endpoints)
+    else:
+        raise ConfigError(field, f"must be a str or a list of str, not {type(endpoints).__name__}")
+    if not items:
+        raise ConfigError(field, "must name at least one endpoint")
+    parsed: list[Endpoint] = []
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise ConfigError(field, f"each endpoint must be a non-empty str, got {item!r}")
+        text = item if "://" in item else "//" + item
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(field, f"cannot parse endpoint {item!r}: {exc}") from None
+        if parts.scheme not in ("", "http", "https"):
+            raise ConfigError(
+                field, f"endpoint {item!r}: scheme must be http:// or https://, not {parts.scheme!r}"
+            )
+        if not parts.hostname or port is None or port == 0:
+            raise ConfigError(
+                field, f"endpoint {item!r} must be host:port, http://host:port or https://host:port"
+            )
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ConfigError(field, f"endpoint {item!r} must not have a path or query")
+        secure = {"": None, "http": False, "https": True}[parts.scheme]
+        parsed.append(Endpoint(parts.hostname, port, secure))
+    schemes = {e.secure for e in parsed if e.secure is not None}
+    if len(schemes) > 1:
+        raise ConfigError(field, "endpoints mix http:// and https://")
+    return tuple(parsed)
+
+
+def _grpc_target(endpoints: Sequence[Endpoint]) -> str:
+    """One gRPC target for all endpoints: pick_first fails over along the list."""
+    if len(endpoints) == 1:
+        e = endpoints[0]
+        host = f"[{e.host}]" if ":" in e.host else e.host
+        return f"{host}:{e.port}"
+    v4: list[str] = []
+    v6: list[str] = []
+    for e in endpoints:
+        try:
+            addr = ipaddress.ip_address(e.host)
+            addrs = [(addr.version, str(addr))]
+        except ValueError:
+            try:
+                infos = socket.getaddrinfo(e.host, e.port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise ConfigError("endpoints", f"cannot resolve {e.host!r}: {exc}") from None
+            addrs = [(6 if fam == socket.AF_INET6 else 4, str(sa[0])) for fam, *_, sa in infos]
+        for version, a in addrs:
+            (v4 if version == 4 else v6).append(f"{a}:{e.port}" if version == 4 else f"[{a}]:{e.port}")
+    if v4:
+        return "ipv4:" + ",".join(dict.fromkeys(v4))
+    return "ipv6:" + ",".join(dict.fromkeys(v6))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        details = (exc.details() or "").strip()
+        return f"{exc.code().name}: {details}" if details else exc.code().name
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _raise_mapped(exc: BaseException, endpoints: Sequence[str]) -> NoReturn:
+    cause = exc.__cause__ if isinstance(exc, aetcd.ClientError) and exc.__cause__ else exc
+    if isinstance(cause, grpc.aio.AioRpcError):
+        code = cause.code()
+        text = _describe(cause)
+        if code == grpc.StatusCode.UNAUTHENTICATED or (
+            code == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in text
+        ):
+            raise AuthenticationFailed(f"etcd at {', '.join(endpoints)}: {text}") from exc
+        if code == grpc.StatusCode.PERMISSION_DENIED:
+            raise PermissionDenied(f"etcd at {', '.join(endpoints)}: {text}") from exc
+        if code in _UNAVAILABLE_CODES:
+            raise EtcdUnavailable(endpoints, text) from exc
+        raise EtcdError(f"etcd at {', '.join(endpoints)}: {text}") from exc
+    if isinstance(exc, (aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError, TimeoutError)):
+        raise EtcdUnavailable(endpoints, _describe(exc)) from exc
+    if isinstance(exc, aetcd.UnauthenticatedError):
+        raise AuthenticationFailed(f"etcd at {', '.join(endpoints)}: {exc}") from exc
+    raise EtcdError(f"etcd at {', '.join(endpoints)}: {_describe(exc)}") from exc
+
+
+@contextmanager
+def map_errors(endpoints: Sequence[str]) -> Iterator[None]:
+    """Turn aetcd and gRPC errors raised inside into aioelect's, chained."""
+    try:
+        yield
+    except (grpc.aio.AioRpcError, aetcd.ClientError, TimeoutError) as exc:
+        _raise_mapped(exc, endpoints)
+
+
+class _Client(aetcd.Client):  # type: ignore[misc]
+    """An aetcd client whose channel has TLS, several endpoints and keepalive pings."""
+
+    def __init__(
+        self,
+        *,
+        target: str,
+        tls: TLSConfig | None,
+        username: str | None,
+        password: str | None,
+        timeout: float,
+        authority: str | None,
+    ) -> None:
+        options: dict[str, Any] = {
+            "grpc.keepalive_time_ms": _KEEPALIVE_TIME_MS,
+            "grpc.keepalive_timeout_ms": _KEEPALIVE_TIMEOUT_MS,
+            "grpc.keepalive_permit_without_calls": 1,
+            "grpc.http2.max_pings_without_data": 0,
+            "grpc.initial_reconnect_backoff_ms": 100,
+            "grpc.min_reconnect_backoff_ms": 100,
+            "grpc.max_reconnect_backoff_ms": 1000,
+            "grpc.enable_retries": 0,
+        }
+        if tls is not None and (tls.server_name or authority):
+            options["grpc.ssl_target_name_override"] = tls.server_name or authority
+        super().__init__(
+            host="",
+            port=0,
+            username=username,
+            password=password,
+            timeout=timeout,
+            options=options,
+        )
+        self._aioelect_target = target
+        self._aioelect_tls = tls
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        options = list(self._options.items())
+        if self._aioelect_tls is not None:
+            channel = grpc.aio.secure_channel(
+                self._aioelect_target, self._aioelect_tls.credentials(), options
+            )
+        else:
+            channel = grpc.aio.insecure_channel(self._aioelect_target, options)
+        self.channel = channel
+        try:
+            if self._username is not None:
+                await self._authenticate()
+        except BaseException:
+            self.channel = None
+            await channel.close()
+            raise
+        self.kvstub = rpc.KVStub(channel)
+        self.clusterstub = rpc.ClusterStub(channel)
+        self.leasestub = rpc.LeaseStub(channel)
+        self.maintenancestub = rpc.MaintenanceStub(channel)
+        self._watcher = aetcd.Watcher(
+            rpc.WatchStub(channel), timeout=self._timeout, metadata=self.metadata
+        )
+        self._connected.set()
+
+    async def _authenticate(self) -> None:
+        self.auth_stub = rpc.AuthStub(self.channel)
+        resp = await self.auth_stub.Authenticate(
+            rpc.AuthenticateRequest(name=self._username, password=self._password),
+            timeout=self._timeout,
+        )
+        self.metadata = (("token", resp.token),)
+        if self._watcher is not None:
+            self._watcher._metadata = self.metadata
+
+
+@dataclass(frozen=True)
+class KV:
+    """One key-value pair as etcd returned it."""
+
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease: int
+
+    @classmethod
+    def from_pb(cls, kv: Any) -> KV:
+        return cls(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.lease)
+
+
+@dataclass(frozen=True)
+class WatchBatch:
+    """One response of a watch stream.
+
+    ``events`` are ``(is_put, kv)`` pairs in revision order; ``revision`` is
+    the store revision the response was sent at (progress); a non-zero
+    ``compact_revision`` means the start revision was compacted.
+    """
+
+    events: list[tuple[bool, KV]]
+    revision: int
+    compact_revision: int
+    canceled: bool
+    created: bool
+
+
+class KeepAliveStream:
+    """One long-lived LeaseKeepAlive stream: write a request, read its reply."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._call: Any = conn._client.leasestub.LeaseKeepAlive(metadata=conn._client.metadata)
+
+    async def keepalive(self, lease_id: int) -> int:
+        """Renew ``lease_id`` once; return the TTL etcd answered (0: the lease is gone)."""
+        with map_errors(self._conn.endpoint_names):
+            await self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+            reply = await self._call.read()
+        if reply is grpc.aio.EOF:
+            raise EtcdUnavailable(self._conn.endpoint_names, "keepalive stream closed by etcd")
+        return int(reply.TTL)
+
+    def close(self) -> None:
+        """Cancel the stream."""
+        self._call.cancel()
+
+
+class WatchStream:
+    """One Watch stream over a key range, with progress requests."""
+
+    def __init__(self, conn: Connection, key: bytes, range_end: bytes, start_revision: int) -> None:
+        self._conn = conn
+        self._call: Any = rpc.WatchStub(conn._client.channel).Watch(metadata=conn._client.metadata)
+        self._create = rpc.WatchRequest(
+            create_request=rpc.WatchCreateRequest(
+                key=key, range_end=range_end, start_revision=start_revision, progress_notify=True
+            )
+        )
+        self._started = False
+
+    async def read(self) -> WatchBatch:
+        """Wait for the next response (the first call also creates the watch)."""
+        with map_errors(self._conn.endpoint_names):
+            if not self._started:
+                self._started = True
+                await self._call.write(self._create)
+            resp = await self._call.read()
+        if resp is grpc.aio.EOF:
+            raise EtcdUnavailable(self._conn.endpoint_names, "watch stream closed by etcd")
+        events = [(ev.type == rpc.Event.PUT, KV.from_pb(ev.kv)) for ev in resp.events]
+        return WatchBatch(
+            events=events,
+            revision=int(resp.header.revision),
+            compact_revision=int(resp.compact_revision),
+            canceled=bool(resp.canceled),
+            created=bool(resp.created),
+        )
+
+    async def request_progress(self) -> None:
+        """Ask etcd to report the stream's current revision."""
+        with map_errors(self._conn.endpoint_names):
+            await self._call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+
+    def close(self) -> None:
+        """Cancel the stream."""
+        self._call.cancel()
+
+
+@dataclass(frozen=True)
+class RangeResult:
+    """What a range request returned."""
+
+    revision: int
+    kvs: list[KV]
+    count: int
+
+
+class Connection:
+    """A typed facade over one aetcd client (owned or the caller's)."""
+
+    def __init__(self, client: Any, *, endpoint_names: Sequence[str], owned: bool, timeout: float):
+        self._client = client
+        self.endpoint_names = tuple(endpoint_names)
+        self.owned = owned
+        self.timeout = timeout
+
+    @classmethod
+    def create(
+        cls,
+        endpoints: object,
+        *,
+        tls: TLSConfig | bool | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 5.0,
+    ) -> Connection:
+        """Build (without I/O) a connection that owns a new client."""
+        eps = parse_endpoints(endpoints)
+        if (username is None) != (password is None):
+            raise ConfigError("username", "username and password must be given together")
+        for field, v in (("username", username), ("password", password)):
+            if v is not None and (not isinstance(v, str) or not v):
+                raise ConfigError(field, "must be a non-empty str")
+        if tls is True:
+            tls = TLSConfig()
+        elif tls is False:
+            tls = None
+        elif tls is not None and not isinstance(tls, TLSConfig):
+            raise ConfigError("tls", f"must be a TLSConfig, True or None, not {type(tls).__name__}")
+        if any(e.secure for e in eps) and tls is None:
+            tls = TLSConfig()
+        if tls is not None and any(e.secure is False for e in eps):
+            raise ConfigError("endpoints", "http:// endpoints cannot be used with TLS; use https://")
+        timeout = duration("timeout", timeout)
+        client = _Client(
+            target=_grpc_target(eps),
+            tls=tls,
+            username=username,
+            password=password,
+            timeout=timeout,
+            authority=eps[0].host if len(eps) > 1 else None,
+        )
+        return cls(client, endpoint_names=[str(e) for e in eps], owned=True, timeout=timeout)
+
+    @classmethod
+    def wrap(cls, client: object, *, timeout: float) -> Connection:
+        """Use a caller's ``aetcd.Client`` (never closed by us)."""
+        if not isinstance(client, aetcd.Client):
+            raise ConfigError("client", f"must be an aetcd.Client, not {type(client).__name__}")
+        host = getattr(client, "_host", "?")
+        port = getattr(client, "_port", "?")
+        names = [getattr(client, "_aioelect_target", None) or f"{host}:{port}"]
+        return cls(client, endpoint_names=names, owned=False, timeout=timeout)
+
+    @property
+    def client(self) -> Any:
+        """The aetcd client."""
+        return self._client
+
+    async def connect(self) -> None:
+        """Open the channel (and authenticate); no request is sent without auth."""
+        with map_errors(self.endpoint_names):
+            await self._client.connect()
+
+    async def close(self) -> None:
+        """Close the client if we own it."""
+        if self.owned:
+            await self._client.close()
+
+    def _t(self, timeout: float | None) -> float:
+        return self.timeout if timeout is None else timeout
+
+    async def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
+        with map_errors(self.endpoint_names):
+            try:
+                return await method(request, timeout=self._t(timeout), metadata=self._client.metadata)
+            except grpc.aio.AioRpcError as exc:
+                # Simple auth tokens expire (etcd --auth-token-ttl): log in again once.
+                if (
+                    exc.code() == grpc.StatusCode.UNAUTHENTICATED
+                    and self._client._username is not None
+                    and isinstance(self._client, _Client)
+                ):
+                    await self._client._authenticate()
+                    return await method(
+                        request, timeout=self._t(timeout), metadata=self._client.metadata
+                    )
+                raise
+
+    async def status(self, timeout: float | None = None) -> int:
+        """Ask the member for its status; return the store revision."""
+        resp = await self._unary(self._client.maintenancestub.Status, rpc.StatusRequest(), timeout)
+        return int(resp.header.revision)
+
+    async def range(
+        self,
+        key: bytes,
+        range_end: bytes = b"",
+        *,
+        limit: int = 0,
+        sort_create: str | None = None,
+        max_create_revision: int = 0,
+        keys_only: bool = False,
+        timeout: float | None = None,
+    ) -> RangeResult:
+        """A linearizable range read; ``sort_create`` is ``"ascend"``, ``"descend"`` or None."""
+        req = rpc.RangeRequest(
+            key=key,
+            range_end=range_end,
+            limit=limit,
+            max_create_revision=max_create_revision,
+            keys_only=keys_only,
+        )
+        if sort_create is not None:
+            req.sort_target = rpc.RangeRequest.CREATE
+            req.sort_order = (
+                rpc.RangeRequest.ASCEND if sort_create == "ascend" else rpc.RangeRequest.DESCEND
+            )
+        resp = await self._unary(self._client.kvstub.Range, req, timeout)
+        return RangeResult(
+            int(resp.header.revision), [KV.from_pb(kv) for kv in resp.kvs], int(resp.count)
+        )
+
+    async def txn(
+        self,
+        compare: Sequence[Any],
+        success: Sequence[Any] = (),
+        failure: Sequence[Any] = (),
+        timeout: float | None = None,
+    ) -> Any:
+        """Send a TxnRequest of raw protobuf compares and ops; return the raw response."""
+        req = rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
+        return await self._unary(self._client.kvstub.Txn, req, timeout)
+
+    async def grant(self, ttl: int, timeout: float | None = None) -> tuple[int, int]:
+        """Grant a lease; return its id and granted TTL."""
+        resp = await self._unary(
+            self._client.leasestub.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl, ID=0), timeout
+        )
+        if resp.error:
+            raise EtcdError(f"lease grant refused: {resp.error}")
+        return int(resp.ID), int(resp.TTL)
+
+    async def revoke(self, lease_id: int, timeout: float | None = None) -> None:
+        """Revoke a lease (deleting its keys); a lease already gone is not an error."""
+        try:
+            await self._unary(
+                self._client.leasestub.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id), timeout
+            )
+        except EtcdError as exc:
+            if "lease not found" not in str(exc):
+                raise
+
+    async def compact(self, revision: int, timeout: float | None = None) -> None:
+        """Compact the store's history up to ``revision``."""
+        await self._unary(
+            self._client.kvstub.Compact,
+            rpc.CompactionRequest(revision=revision, physical=True),
+            timeout,
+        )
+
+    def keepalive_stream(self) -> KeepAliveStream:
+        """Open a LeaseKeepAlive stream."""
+        return KeepAliveStream(self)
+
+    def watch_stream(self, key: bytes, range_end: bytes, start_revision: int) -> WatchStream:
+        """Open a Watch stream (the watch is created on the first read)."""
+        return WatchStream(self, key, range_end, start_revision)
+
+    # -- builders of raw protobuf compares and ops ---------------------------------
+
+    @staticmethod
+    def cmp_create(key: bytes, revision: int, op: str = "==") -> Any:
+        """A compare on a key's create revision (0 means the key does not exist)."""
+        result = {"==": rpc.Compare.EQUAL, "!=": rpc.Compare.NOT_EQUAL, "<": rpc.Compare.LESS,
+                  ">": rpc.Compare.GREATER}[op]
+        return rpc.Compare(
+            key=key, result=result, target=rpc.Compare.CREATE, create_revision=revision
+        )
+
+    @staticmethod
+    def op_put(key: bytes, value: bytes, lease: int = 0) -> Any:
+        """A put op."""
+        return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
+
+    @staticmethod
+    def op_get(key: bytes) -> Any:
+        """A get op of one key."""
+        return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
+
+    @staticmethod
+    def op_delete(key: bytes) -> Any:
+        """A delete op of one key."""
+        return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+
+    def user_ops(self, ops: Sequence[Any]) -> list[Any]:
+        """Turn aetcd transaction operations (``client.transactions.put`` ...) into raw ops."""
+        return list(self._client._ops_to_requests(list(ops)))
+
+    @staticmethod
+    def user_compares(compares: Sequence[Any]) -> list[Any]:
+        """Turn aetcd compares (``client.transactions.value(k) == v`` ...) into raw ones."""
+        return [c.build_message() for c in compares]
+
+    @staticmethod
+    def txn_results(resp: Any) -> tuple[bool, list[Any]]:
+        """Convert a (nested) TxnResponse the way ``aetcd.Client.transaction`` does."""
+        out: list[Any] = []
+        for r in resp.responses:
+            kind = r.WhichOneof("response")
+            if kind == "response_range":
+                out.append(
+                    [(kv.value, aetcd.Get(resp.header, kv)) for kv in r.response_range.kvs]
+                )
+            else:
+                out.append(r)
+        return bool(resp.succeeded), out
+
+
+def sleep_until(deadline: float) -> Any:
+    """Sleep until the monotonic instant ``deadline`` (anyio's clock)."""
+    return anyio.sleep(max(0.0, deadline - anyio.current_time()))

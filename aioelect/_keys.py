@@ -1,0 +1,49 @@
+"""The key layout, shared with etcd's Go ``concurrency.Election``.
+
+A candidate of election ``name`` under ``prefix`` writes the key
+``{prefix}/{name}/{lease id in lowercase hex}`` with its value, attached to its
+session lease. The leader is the key under ``{prefix}/{name}/`` with the lowest
+create revision. ``etcdctl elect {prefix}/{name} VALUE`` joins the same
+election. Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+__all__ = ("candidate_key", "election_prefix", "prefix_range_end", "split_key")
+
+
+def election_prefix(prefix: str, name: str) -> bytes:
+    """Return the key prefix of one election: ``{prefix}/{name}/``."""
+    return f"{prefix}/{name}/".encode()
+
+
+def candidate_key(prefix: str, name: str, lease_id: int) -> bytes:
+    """Return the key a candidate with lease ``lease_id`` writes in election ``name``."""
+    return f"{prefix}/{name}/{lease_id:x}".encode()
+
+
+def prefix_range_end(prefix: bytes) -> bytes:
+    """Return the ``range_end`` that makes a range cover every key starting with ``prefix``."""
+    s = bytearray(prefix)
+    for i in reversed(range(len(s))):
+        if s[i] < 0xFF:
+            s[i] += 1
+            return bytes(s[: i + 1])
+    return b"\x00"  # every key (etcd's convention)
+
+
+def split_key(root: bytes, key: bytes) -> str | None:
+    """Return the election name of ``key``, a key under ``root`` (``{prefix}/``).
+
+    Keys with no ``/`` after the name are not candidate keys: None.
+    """
+    if not key.startswith(root):
+        return None
+    rest = key[len(root) :]
+    slash = rest.find(b"/")
+    if slash <= 0:
+        return None
+    try:
+        return rest[:slash].decode()
+    except UnicodeDecodeError:
+        return None

@@ -1,0 +1,1 @@
+"""Shared test settings: the aioelect pytest plugin provides the etcd fixtures."""
