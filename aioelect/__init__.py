@@ -3,7 +3,10 @@
 Everything public is re-exported here; the modules behind it are private.
 """
 
+from ._config import Duration as Duration
+from ._config import ElectorConfig as ElectorConfig
 from ._connection import TLSConfig as TLSConfig
+from ._elector import Elector as Elector
 from ._embedded import EmbeddedEtcd as EmbeddedEtcd
 from ._exceptions import AioelectError as AioelectError
 from ._exceptions import AuthenticationFailed as AuthenticationFailed
@@ -15,20 +18,31 @@ from ._exceptions import LeadershipLost as LeadershipLost
 from ._exceptions import NoSuchCandidate as NoSuchCandidate
 from ._exceptions import NotLeader as NotLeader
 from ._exceptions import PermissionDenied as PermissionDenied
+from ._models import CandidateInfo as CandidateInfo
+from ._models import ElectorStatistics as ElectorStatistics
+from ._models import LeaderInfo as LeaderInfo
+from ._term import Term as Term
 
 __version__ = "0.1.0.dev0"
 
 __all__ = (
     "AioelectError",
     "AuthenticationFailed",
+    "CandidateInfo",
     "ConfigError",
+    "Duration",
+    "Elector",
     "ElectorClosed",
+    "ElectorConfig",
+    "ElectorStatistics",
     "EmbeddedEtcd",
     "EtcdError",
     "EtcdUnavailable",
+    "LeaderInfo",
     "LeadershipLost",
     "NoSuchCandidate",
     "NotLeader",
     "PermissionDenied",
     "TLSConfig",
+    "Term",
 )

@@ -9,15 +9,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Union
-
-from typing_extensions import TypeAlias
+from typing import TypeAlias
 
 from ._exceptions import ConfigError
 
 __all__ = ("Duration", "ElectorConfig", "check_name", "check_prefix", "duration", "to_bytes")
 
-Duration: TypeAlias = Union[float, int, timedelta]
+Duration: TypeAlias = float | int | timedelta
 """A duration in seconds, or a :class:`datetime.timedelta`."""
 
 #: etcd's default maximum request size is 1.5 MiB; a value must leave room for the key.
@@ -63,7 +61,8 @@ def to_bytes(value: object, field: str = "value") -> bytes:
         raise ConfigError(field, f"must be str or bytes, not {type(value).__name__}")
     if len(data) > MAX_VALUE_BYTES:
         raise ConfigError(
-            field, f"must be at most {MAX_VALUE_BYTES} bytes (etcd's request limit), got {len(data)}"
+            field,
+            f"must be at most {MAX_VALUE_BYTES} bytes (etcd's request limit), got {len(data)}",
         )
     return data
 
@@ -124,16 +123,20 @@ class ElectorConfig:
             raise ConfigError(
                 "renew_deadline", f"must be less than ttl ({ttl_s:g} s), got {rd:g} s"
             )
-        ka = ttl_s / 3 if keepalive_interval is None else duration(
-            "keepalive_interval", keepalive_interval
+        ka = (
+            ttl_s / 3
+            if keepalive_interval is None
+            else duration("keepalive_interval", keepalive_interval)
         )
         if not ka < rd:
             raise ConfigError(
                 "keepalive_interval",
                 f"must be less than renew_deadline ({rd:g} s), got {ka:g} s",
             )
-        rt = min(5.0, rd) if request_timeout is None else duration(
-            "request_timeout", request_timeout
+        rt = (
+            min(5.0, rd)
+            if request_timeout is None
+            else duration("request_timeout", request_timeout)
         )
         ct = duration("connect_timeout", connect_timeout)
         return cls(

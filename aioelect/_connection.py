@@ -16,7 +16,7 @@ import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn, Union
+from typing import Any, NoReturn, TypeAlias, Union
 from urllib.parse import urlsplit
 
 import aetcd
@@ -24,7 +24,6 @@ import anyio
 import grpc
 import grpc.aio
 from aetcd import rpc
-from typing_extensions import TypeAlias
 
 from ._config import duration
 from ._exceptions import (
@@ -146,7 +145,8 @@ def parse_endpoints(endpoints: object, field: str = "endpoints") -> tuple[Endpoi
             raise ConfigError(field, f"cannot parse endpoint {item!r}: {exc}") from None
         if parts.scheme not in ("", "http", "https"):
             raise ConfigError(
-                field, f"endpoint {item!r}: scheme must be http:// or https://, not {parts.scheme!r}"
+                field,
+                f"endpoint {item!r}: scheme must be http:// or https://, not {parts.scheme!r}",
             )
         if not parts.hostname or port is None or port == 0:
             raise ConfigError(
@@ -181,7 +181,9 @@ def _grpc_target(endpoints: Sequence[Endpoint]) -> str:
                 raise ConfigError("endpoints", f"cannot resolve {e.host!r}: {exc}") from None
             addrs = [(6 if fam == socket.AF_INET6 else 4, str(sa[0])) for fam, *_, sa in infos]
         for version, a in addrs:
-            (v4 if version == 4 else v6).append(f"{a}:{e.port}" if version == 4 else f"[{a}]:{e.port}")
+            (v4 if version == 4 else v6).append(
+                f"{a}:{e.port}" if version == 4 else f"[{a}]:{e.port}"
+            )
     if v4:
         return "ipv4:" + ",".join(dict.fromkeys(v4))
     return "ipv6:" + ",".join(dict.fromkeys(v6))
@@ -203,6 +205,12 @@ def _raise_mapped(exc: BaseException, endpoints: Sequence[str]) -> NoReturn:
             code == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in text
         ):
             raise AuthenticationFailed(f"etcd at {', '.join(endpoints)}: {text}") from exc
+        if code == grpc.StatusCode.INVALID_ARGUMENT and "user name is empty" in text:
+            # etcd has auth enabled and the request carried no token.
+            raise AuthenticationFailed(
+                f"etcd at {', '.join(endpoints)} requires authentication: "
+                f"give a username and password ({text})"
+            ) from exc
         if code == grpc.StatusCode.PERMISSION_DENIED:
             raise PermissionDenied(f"etcd at {', '.join(endpoints)}: {text}") from exc
         if code in _UNAVAILABLE_CODES:
@@ -435,7 +443,9 @@ class Connection:
         if any(e.secure for e in eps) and tls is None:
             tls = TLSConfig()
         if tls is not None and any(e.secure is False for e in eps):
-            raise ConfigError("endpoints", "http:// endpoints cannot be used with TLS; use https://")
+            raise ConfigError(
+                "endpoints", "http:// endpoints cannot be used with TLS; use https://"
+            )
         timeout = duration("timeout", timeout)
         client = _Client(
             target=_grpc_target(eps),
@@ -478,7 +488,9 @@ class Connection:
     async def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
         with map_errors(self.endpoint_names):
             try:
-                return await method(request, timeout=self._t(timeout), metadata=self._client.metadata)
+                return await method(
+                    request, timeout=self._t(timeout), metadata=self._client.metadata
+                )
             except grpc.aio.AioRpcError as exc:
                 # Simple auth tokens expire (etcd --auth-token-ttl): log in again once.
                 if (
@@ -577,8 +589,12 @@ class Connection:
     @staticmethod
     def cmp_create(key: bytes, revision: int, op: str = "==") -> Any:
         """A compare on a key's create revision (0 means the key does not exist)."""
-        result = {"==": rpc.Compare.EQUAL, "!=": rpc.Compare.NOT_EQUAL, "<": rpc.Compare.LESS,
-                  ">": rpc.Compare.GREATER}[op]
+        result = {
+            "==": rpc.Compare.EQUAL,
+            "!=": rpc.Compare.NOT_EQUAL,
+            "<": rpc.Compare.LESS,
+            ">": rpc.Compare.GREATER,
+        }[op]
         return rpc.Compare(
             key=key, result=result, target=rpc.Compare.CREATE, create_revision=revision
         )
@@ -598,6 +614,15 @@ class Connection:
         """A delete op of one key."""
         return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
 
+    @staticmethod
+    def txn_request(compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any]) -> Any:
+        """A nested transaction op."""
+        return rpc.RequestOp(
+            request_txn=rpc.TxnRequest(
+                compare=list(compare), success=list(success), failure=list(failure)
+            )
+        )
+
     def user_ops(self, ops: Sequence[Any]) -> list[Any]:
         """Turn aetcd transaction operations (``client.transactions.put`` ...) into raw ops."""
         return list(self._client._ops_to_requests(list(ops)))
@@ -614,9 +639,7 @@ class Connection:
         for r in resp.responses:
             kind = r.WhichOneof("response")
             if kind == "response_range":
-                out.append(
-                    [(kv.value, aetcd.Get(resp.header, kv)) for kv in r.response_range.kvs]
-                )
+                out.append([(kv.value, aetcd.Get(resp.header, kv)) for kv in r.response_range.kvs])
             else:
                 out.append(r)
         return bool(resp.succeeded), out

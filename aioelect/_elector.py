@@ -1,0 +1,491 @@
+"""The Elector: one connection, one session lease, one watch, many elections.
+
+Entering an elector grants its session lease and starts, in one anyio
+TaskGroup that the elector owns, the keepalive (re-granting the session when
+it is lost) and the watch that mirrors every election under the prefix.
+Campaigns run in the callers' tasks; they wait on the mirror, never on a
+watch of their own. Exiting ends every term, revokes the lease (deleting
+every key of this elector at once) and leaves no task behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from typing_extensions import Self
+
+from ._backoff import Backoff
+from ._campaign import campaign
+from ._config import Duration, ElectorConfig, check_name, check_prefix, to_bytes
+from ._connection import Connection, TLSConfig
+from ._embedded import EmbeddedEtcd
+from ._exceptions import (
+    AioelectError,
+    ConfigError,
+    ElectorClosed,
+    EtcdError,
+    EtcdUnavailable,
+    LeadershipLost,
+)
+from ._keys import election_prefix, prefix_range_end
+from ._mirror import Mirror, leader_info
+from ._models import CandidateInfo, ElectorStatistics, LeaderInfo
+from ._observe import Observer
+from ._session import Session
+from ._term import RESIGNED, Term
+
+__all__ = ("Elector",)
+
+log = logging.getLogger("aioelect")
+
+
+class Elector:
+    """Leader elections under one key prefix, sharing one etcd session.
+
+    Args:
+        client: an ``aetcd.Client`` to use (the elector does not close it).
+            Give either this or ``endpoints``.
+        endpoints: ``host:port``, ``http://host:port`` or ``https://host:port``,
+            a list of them, or a comma-separated str; several endpoints fail
+            over. Default: the ``AIOELECT_ENDPOINTS`` env var.
+        prefix: key prefix of the elections (``{prefix}/{name}/...``).
+        ttl: the session lease's TTL in whole seconds (default 10). A crashed
+            process's elections free up at most ``ttl`` (+ etcd's 0.5 s expiry
+            scan) after its last renewal. Shorter: faster crash failover,
+            more keepalive traffic, less tolerance of slow etcd.
+        renew_deadline: a term stays valid this long after its last
+            successful renewal was sent (default 2/3 of ``ttl``); must be
+            below ``ttl`` so a leader stops before anyone else can start.
+        keepalive_interval: time between renewals (default ``ttl / 3``),
+            below ``renew_deadline``.
+        request_timeout: deadline of each etcd request (default: the smaller
+            of 5 s and ``renew_deadline``).
+        connect_timeout: how long entering may take before it raises
+            :class:`EtcdUnavailable` (default 10 s).
+        tls: a :class:`TLSConfig` (CA, client certificate), or True for TLS
+            with the system's CAs. ``https://`` endpoints imply TLS.
+        username, password: etcd user, for etcd with auth enabled.
+
+    Raises:
+        ConfigError: an argument is invalid (raised here, before any I/O).
+    """
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        endpoints: str | list[str] | None = None,
+        prefix: str = "/aioelect",
+        ttl: Duration = 10,
+        renew_deadline: Duration | None = None,
+        keepalive_interval: Duration | None = None,
+        request_timeout: Duration | None = None,
+        connect_timeout: Duration = 10.0,
+        tls: TLSConfig | bool | None = None,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self._config = ElectorConfig.build(
+            ttl=ttl,
+            renew_deadline=renew_deadline,
+            keepalive_interval=keepalive_interval,
+            request_timeout=request_timeout,
+            connect_timeout=connect_timeout,
+        )
+        self.prefix = check_prefix(prefix)
+        self._embedded: EmbeddedEtcd | None = None
+        timeout = self._config.request_timeout
+        if client is not None:
+            if endpoints is not None or tls is not None or username is not None:
+                raise ConfigError(
+                    "client", "give either client or endpoints/tls/username, not both"
+                )
+            self._conn = Connection.wrap(client, timeout=timeout)
+        else:
+            if endpoints is None:
+                endpoints = os.environ.get("AIOELECT_ENDPOINTS") or None
+            if endpoints is None:
+                raise ConfigError(
+                    "endpoints",
+                    "no etcd given: pass endpoints= or client=, set AIOELECT_ENDPOINTS, "
+                    "or use Elector.embedded()",
+                )
+            self._conn = Connection.create(
+                endpoints, tls=tls, username=username, password=password, timeout=timeout
+            )
+        self._root = (self.prefix + "/").encode()
+        self._mirror = Mirror(self._conn, self._root)
+        self._state = "new"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tg: TaskGroup | None = None
+        self._session: Session | None = None
+        self._session_changed = anyio.Event()
+        self._busy: set[str] = set()
+        self._terms: set[Term] = set()
+        self._observers: set[Observer] = set()
+        self._campaigns = 0
+        self._terms_won = 0
+        self._terms_lost = 0
+        self._sessions_granted = 0
+        self._sessions_lost = 0
+        self._keepalives = 0
+        self._keepalive_failures = 0
+
+    @classmethod
+    def embedded(
+        cls,
+        *,
+        data_dir: str | os.PathLike[str] | None = None,
+        heartbeat_interval: float = 0.1,
+        election_timeout: float = 1.0,
+        **kwargs: Any,
+    ) -> Elector:
+        """An elector on its own :class:`EmbeddedEtcd`, started on entry and stopped on exit.
+
+        Takes the Elector's keyword arguments (not ``client``, ``endpoints``,
+        ``tls`` or auth) and EmbeddedEtcd's ``data_dir``, ``heartbeat_interval``
+        and ``election_timeout``. The seed's ``WithEmbedEtcd``.
+        """
+        for bad in ("client", "endpoints", "tls", "username", "password"):
+            if bad in kwargs:
+                raise ConfigError(bad, "cannot be used with Elector.embedded()")
+        etcd = EmbeddedEtcd(
+            data_dir=data_dir,
+            heartbeat_interval=heartbeat_interval,
+            election_timeout=election_timeout,
+        )
+        self = cls(endpoints="127.0.0.1:1", **kwargs)  # replaced on entry
+        self._embedded = etcd
+        return self
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """The ``aetcd.Client`` the elector talks to etcd with."""
+        return self._conn.client
+
+    @property
+    def ttl(self) -> float:
+        """The session lease's TTL in seconds."""
+        return self._config.ttl
+
+    @property
+    def config(self) -> ElectorConfig:
+        """The validated timing settings."""
+        return self._config
+
+    async def __aenter__(self) -> Self:
+        if self._state == "closed":
+            raise ElectorClosed("this Elector was closed; create a new one")
+        if self._state != "new":
+            raise AioelectError("this Elector is already entered; enter an Elector only once")
+        self._state = "opening"
+        self._loop = asyncio.get_running_loop()
+        try:
+            if self._embedded is not None:
+                await self._embedded.__aenter__()
+                self._conn = Connection.create(
+                    self._embedded.endpoint, timeout=self._config.request_timeout
+                )
+                self._mirror = Mirror(self._conn, self._root)
+            await self._open()
+        except BaseException:
+            await self._teardown()
+            self._state = "closed"
+            raise
+        self._state = "open"
+        return self
+
+    async def _open(self) -> None:
+        cfg = self._config
+        deadline = time.monotonic() + cfg.connect_timeout
+        backoff = Backoff(initial=0.05, cap=1.0)
+        last: EtcdUnavailable | None = None
+        with anyio.move_on_after(cfg.connect_timeout):
+            while True:
+                try:
+                    await self._conn.connect()
+                    await self._grant()
+                    await self._mirror.load()
+                    break
+                except EtcdUnavailable as exc:
+                    last = exc
+                    log.debug("connecting to etcd: %s", exc)
+                    await anyio.sleep(min(backoff.next(), max(0.0, deadline - time.monotonic())))
+        if self._session is None or self._mirror.revision == 0:
+            cause = last.cause if last is not None else "timed out"
+            raise EtcdUnavailable(
+                self._conn.endpoint_names, f"not ready within {cfg.connect_timeout:g} s: {cause}"
+            ) from last
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        tg.start_soon(self._run_sessions)
+        tg.start_soon(self._mirror.run)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state != "open":
+            return
+        self._state = "closing"
+        try:
+            await self._teardown()
+        finally:
+            self._state = "closed"
+
+    async def _teardown(self) -> None:
+        """End terms, revoke the lease, stop the tasks, close what we opened (all shielded)."""
+        session = self._session
+        with anyio.CancelScope(shield=True):
+            if session is not None:
+                session.mark_lost("elector closed")
+            for observer in list(self._observers):
+                observer.close()
+            self._session_changed.set()
+            if session is not None:
+                with anyio.move_on_after(self._config.request_timeout):
+                    try:
+                        await self._conn.revoke(session.lease_id)
+                    except EtcdError as exc:
+                        log.warning("could not revoke lease %x on exit: %s", session.lease_id, exc)
+        if self._tg is not None:
+            # Exited outside the shield: the task group's scope must be the current one.
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            self._tg = None
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._conn.close()
+            finally:
+                if self._embedded is not None:
+                    await self._embedded.__aexit__(None, None, None)
+
+    def _check_usable(self) -> None:
+        if self._state != "open":
+            raise ElectorClosed(
+                "the Elector is not open: use it inside 'async with Elector(...) as elector'"
+            )
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise AioelectError("aioelect runs on asyncio only") from None
+        if loop is not self._loop:
+            raise AioelectError("this Elector belongs to another event loop")
+
+    # -- sessions --------------------------------------------------------------------
+
+    async def _grant(self) -> Session:
+        sent = time.monotonic()
+        lease_id, ttl = await self._conn.grant(int(self._config.ttl))
+        session = Session(self._conn, self._config, lease_id, ttl, sent)
+        self._session = session
+        self._sessions_granted += 1
+        changed, self._session_changed = self._session_changed, anyio.Event()
+        changed.set()
+        log.debug("session lease %x granted (ttl %d s)", lease_id, ttl)
+        return session
+
+    async def _run_sessions(self) -> None:
+        assert self._tg is not None
+        while True:
+            session = self._session
+            assert session is not None
+            try:
+                await session.run()
+            finally:
+                self._keepalives += session.keepalives
+                self._keepalive_failures += session.failures
+            self._sessions_lost += 1
+            log.warning("session lease %x lost: %s", session.lease_id, session.lost_reason)
+            self._tg.start_soon(self._revoke_quietly, session.lease_id)
+            backoff = Backoff(initial=0.05, cap=min(2.0, self._config.ttl / 2))
+            while True:
+                try:
+                    await self._grant()
+                    break
+                except EtcdError as exc:
+                    log.debug("granting a new session failed: %s", exc)
+                    await anyio.sleep(backoff.next())
+
+    async def _revoke_quietly(self, lease_id: int) -> None:
+        with anyio.move_on_after(self._config.ttl):
+            backoff = Backoff(initial=0.05, cap=1.0)
+            while True:
+                try:
+                    await self._conn.revoke(lease_id)
+                    return
+                except EtcdError as exc:
+                    log.debug("revoking lost lease %x: %s", lease_id, exc)
+                    await anyio.sleep(backoff.next())
+
+    async def _wait_session(self) -> Session:
+        """The live session, waiting for a new one while it is being re-granted."""
+        while True:
+            self._check_usable()
+            session = self._session
+            if session is not None and session.is_live():
+                return session
+            await self._session_changed.wait()
+
+    # -- elections -------------------------------------------------------------------
+
+    def _track(self, term: Term) -> None:
+        self._terms.add(term)
+        self._terms_won += 1
+        term._on_end.append(self._term_ended)
+        log.info("won election %r (token %d, lease %x)", term.name, term.token, term.lease_id)
+
+    def _term_ended(self, term: Term, reason: str) -> None:
+        self._terms.discard(term)
+        if reason == RESIGNED:
+            log.info("resigned election %r (token %d)", term.name, term.token)
+        else:
+            self._terms_lost += 1
+            log.info("lost election %r (token %d): %s", term.name, term.token, reason)
+
+    @asynccontextmanager
+    async def hold(self, name: str, value: str | bytes) -> AsyncIterator[Term]:
+        """Campaign in election ``name``, wait to be elected, and lead for the block.
+
+        Usage::
+
+            async with elector.hold("scheduler", "worker-1") as term:
+                await run_scheduler(fence=term.token)
+
+        Waiting: cancelling the wait deletes the candidate key (nothing is
+        left behind). Leading: when the term ends (lease not renewed within
+        ``renew_deadline``, key deleted or overwritten, session lost, elector
+        closed), the block is cancelled and :class:`LeadershipLost` is raised
+        out of it. A normal exit, an exception or a cancellation resigns at
+        once (shielded, bounded), freeing the election for the next candidate.
+
+        Raises:
+            LeadershipLost: the term ended before the block did.
+            ConfigError: bad name or value, or this elector already campaigns
+                in this election.
+            ElectorClosed: the elector is not open.
+        """
+        self._check_usable()
+        name = check_name(name)
+        data = to_bytes(value)
+        if name in self._busy:
+            raise ConfigError(
+                "name", f"this Elector already campaigns in or leads election {name!r}"
+            )
+        self._busy.add(name)
+        try:
+            self._campaigns += 1
+            try:
+                term = await campaign(self, name, data)
+            finally:
+                self._campaigns -= 1
+            self._track(term)
+            scope = term._scope()
+            try:
+                with scope:
+                    yield term
+            finally:
+                term._scopes.discard(scope)
+                reason = term.end_reason
+                with anyio.CancelScope(shield=True):
+                    await term.resign()
+            if reason is not None and reason != RESIGNED:
+                raise LeadershipLost(name, reason)
+        finally:
+            self._busy.discard(name)
+
+    async def leader(self, name: str) -> LeaderInfo | None:
+        """Return the current leader of election ``name``, or None when vacant.
+
+        A linearizable read; cancelling it leaves nothing behind.
+        """
+        self._check_usable()
+        name = check_name(name)
+        eprefix = election_prefix(self.prefix, name)
+        result = await self._conn.range(
+            eprefix, prefix_range_end(eprefix), limit=1, sort_create="ascend"
+        )
+        return leader_info(name, result.kvs[0]) if result.kvs else None
+
+    async def candidates(self, name: str) -> list[CandidateInfo]:
+        """Return the live candidates of election ``name`` in election order, leader first."""
+        self._check_usable()
+        name = check_name(name)
+        eprefix = election_prefix(self.prefix, name)
+        result = await self._conn.range(eprefix, prefix_range_end(eprefix), sort_create="ascend")
+        return [
+            CandidateInfo(name, kv.key, kv.value, kv.create_revision, kv.lease) for kv in result.kvs
+        ]
+
+    @asynccontextmanager
+    async def observe(self, name: str) -> AsyncIterator[AsyncIterator[LeaderInfo | None]]:
+        """Follow the leader of election ``name``.
+
+        Usage::
+
+            async with elector.observe("scheduler") as leaders:
+                async for info in leaders:   # LeaderInfo, or None when vacant
+                    ...
+
+        The iterator yields the current leader first, then every change: a
+        new leader, a proclaimed value, a vacancy (None). It is fed from the
+        elector's one watch, so it survives compaction and etcd restarts, and
+        it ends when the elector closes. Changes queue up while you do not
+        iterate.
+        """
+        self._check_usable()
+        name = check_name(name)
+        eprefix = election_prefix(self.prefix, name)
+        now = await self._conn.range(eprefix, prefix_range_end(eprefix), limit=1, keys_only=True)
+        await self._mirror.sync(now.revision)
+        view = self._mirror.view(name)
+        observer = Observer()
+        view.leader_listeners.add(observer)
+        self._observers.add(observer)
+        observer.leader_changed(leader_info(name, view.leader()))
+        try:
+            yield observer
+        finally:
+            view.leader_listeners.discard(observer)
+            self._observers.discard(observer)
+            observer.close()
+
+    def statistics(self) -> ElectorStatistics:
+        """Return a snapshot of the elector's counters."""
+        session = self._session
+        live = session is not None and not session.is_lost
+        return ElectorStatistics(
+            campaigns=self._campaigns,
+            terms_held=len(self._terms),
+            terms_won=self._terms_won,
+            terms_lost=self._terms_lost,
+            leader_changes=self._mirror.leader_changes,
+            sessions_granted=self._sessions_granted,
+            sessions_lost=self._sessions_lost,
+            keepalives=self._keepalives + (session.keepalives if live and session else 0),
+            keepalive_failures=self._keepalive_failures
+            + (session.failures if live and session else 0),
+            keepalive_latency=session.latency if session is not None else None,
+            lease_expires_in=max(0.0, session.hard_deadline - time.monotonic())
+            if live and session is not None
+            else None,
+            lease_id=session.lease_id if live and session is not None else None,
+        )
+
+    def __repr__(self) -> str:
+        eps = ",".join(self._conn.endpoint_names)
+        return f"<Elector prefix={self.prefix!r} endpoints={eps!r} {self._state}>"

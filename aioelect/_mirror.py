@@ -1,0 +1,256 @@
+"""A local mirror of every election under the elector's prefix, from ONE watch.
+
+Theory of operation: the mirror reads the whole ``{prefix}/`` range once, then
+follows one Watch stream from the next revision. Watch events arrive in
+revision order, so after applying them the mirror is exactly etcd's state at
+``revision``. Each election keeps its candidates in create-revision order (a
+new key always has the highest create revision, so it is appended), which
+makes "who leads" and "who is just before me" local look-ups: waiting
+candidates, leaders watching their own key and observers are all fed from this
+one stream, with no per-key watch and no request per event.
+
+Faults: a broken stream is re-opened from ``revision + 1``; if etcd compacted
+that revision (or cancels the watch), the mirror re-reads the range and turns
+the difference into events, so nobody waits on a key that vanished meanwhile.
+:meth:`Mirror.sync` waits until the mirror has reached a revision (asking etcd
+for a progress notification when nothing else moves it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+import anyio
+
+from ._backoff import Backoff
+from ._connection import KV, Connection, WatchBatch, WatchStream
+from ._exceptions import EtcdError
+from ._keys import prefix_range_end, split_key
+from ._models import LeaderInfo
+
+__all__ = ("ElectionView", "Mirror")
+
+log = logging.getLogger("aioelect")
+
+KeyListener = Callable[[bool, KV], None]
+
+
+class LeaderListener(Protocol):
+    def leader_changed(self, info: LeaderInfo | None) -> None: ...
+
+
+def leader_info(name: str, kv: KV | None) -> LeaderInfo | None:
+    """The LeaderInfo of ``kv`` (None for a vacancy)."""
+    if kv is None:
+        return None
+    return LeaderInfo(name, kv.key, kv.value, kv.create_revision, kv.lease)
+
+
+class ElectionView:
+    """The mirrored state of one election: its candidates in election order."""
+
+    __slots__ = ("_leader", "key_listeners", "kvs", "leader_listeners", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.kvs: dict[bytes, KV] = {}
+        self.key_listeners: dict[bytes, set[KeyListener]] = {}
+        self.leader_listeners: set[LeaderListener] = set()
+        self._leader: KV | None = None
+
+    def leader(self) -> KV | None:
+        """The candidate with the lowest create revision, or None."""
+        for kv in self.kvs.values():
+            return kv
+        return None
+
+    def predecessor(self, token: int) -> KV | None:
+        """The live candidate created just before ``token``, or None."""
+        best: KV | None = None
+        for kv in self.kvs.values():
+            if kv.create_revision >= token:
+                break
+            best = kv
+        return best
+
+    def listen_key(self, key: bytes, listener: KeyListener) -> Callable[[], None]:
+        """Call ``listener(is_put, kv)`` on every change of ``key``; return an unsubscribe."""
+        self.key_listeners.setdefault(key, set()).add(listener)
+
+        def unsubscribe() -> None:
+            listeners = self.key_listeners.get(key)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self.key_listeners[key]
+
+        return unsubscribe
+
+    def apply(self, is_put: bool, kv: KV) -> None:
+        if is_put:
+            old = self.kvs.get(kv.key)
+            if old is not None and old.create_revision != kv.create_revision:
+                del self.kvs[kv.key]  # re-created: it moves to the back
+            self.kvs[kv.key] = kv
+        else:
+            old = self.kvs.pop(kv.key, None)
+            if old is None:
+                return
+            kv = old
+        for listener in list(self.key_listeners.get(kv.key, ())):
+            listener(is_put, kv)
+
+    def leader_moved(self) -> bool:
+        """Tell the leader listeners if the leader (or its value) changed; return whether it did."""
+        new = self.leader()
+        old = self._leader
+        if new == old or (
+            new is not None
+            and old is not None
+            and new.key == old.key
+            and new.create_revision == old.create_revision
+            and new.value == old.value
+        ):
+            return False
+        self._leader = new
+        info = leader_info(self.name, new)
+        for listener in list(self.leader_listeners):
+            listener.leader_changed(info)
+        return True
+
+
+class Mirror:
+    """Every election under ``root`` (``{prefix}/``), kept current by one watch."""
+
+    def __init__(self, conn: Connection, root: bytes) -> None:
+        self._conn = conn
+        self.root = root
+        self._range_end = prefix_range_end(root)
+        self.views: dict[str, ElectionView] = {}
+        self.revision = 0
+        self._rev_waiters: list[tuple[int, anyio.Event]] = []
+        self.leader_changes = 0
+        self._stream: WatchStream | None = None
+        self.resyncs = 0
+
+    def view(self, name: str) -> ElectionView:
+        """The view of election ``name`` (created empty if unknown)."""
+        view = self.views.get(name)
+        if view is None:
+            view = self.views[name] = ElectionView(name)
+        return view
+
+    async def load(self) -> None:
+        """Read the whole range and make the mirror match it (a resync)."""
+        result = await self._conn.range(self.root, self._range_end)
+        fresh: dict[bytes, KV] = {kv.key: kv for kv in result.kvs}
+        touched: set[ElectionView] = set()
+        for view in list(self.views.values()):
+            for key, kv in list(view.kvs.items()):
+                new = fresh.get(key)
+                if new is None or new.create_revision != kv.create_revision:
+                    view.apply(False, kv)
+                    touched.add(view)
+        for kv in sorted(result.kvs, key=lambda kv: kv.create_revision):
+            name = split_key(self.root, kv.key)
+            if name is None:
+                continue
+            view = self.view(name)
+            old = view.kvs.get(kv.key)
+            if old != kv:
+                view.apply(True, kv)
+                touched.add(view)
+        self._advance(result.revision)
+        self._leaders_moved(touched)
+
+    def _leaders_moved(self, views: set[ElectionView]) -> None:
+        for view in views:
+            if view.leader_moved():
+                self.leader_changes += 1
+
+    def _advance(self, revision: int) -> None:
+        if revision <= self.revision:
+            return
+        self.revision = revision
+        if self._rev_waiters:
+            keep = []
+            for rev, event in self._rev_waiters:
+                if rev <= revision:
+                    event.set()
+                else:
+                    keep.append((rev, event))
+            self._rev_waiters = keep
+
+    def apply_batch(self, batch: WatchBatch) -> None:
+        """Apply one watch response."""
+        if not batch.events:
+            if not batch.created:
+                self._advance(batch.revision)  # a progress notification
+            return
+        touched: set[ElectionView] = set()
+        for is_put, kv in batch.events:
+            name = split_key(self.root, kv.key)
+            if name is None:
+                continue
+            view = self.views.get(name)
+            if view is None:
+                if not is_put:
+                    continue
+                view = self.view(name)
+            view.apply(is_put, kv)
+            touched.add(view)
+        self._leaders_moved(touched)
+        self._advance(max(kv.mod_revision for _, kv in batch.events))
+
+    async def sync(self, revision: int, wake: anyio.Event | None = None) -> None:
+        """Wait until the mirror has reached ``revision``.
+
+        ``wake``, if given, ends the wait early when set (and is set when the
+        revision is reached). Cancellation leaves nothing behind.
+        """
+        if self.revision >= revision:
+            return
+        event = wake if wake is not None else anyio.Event()
+        self._rev_waiters.append((revision, event))
+        while self.revision < revision and not event.is_set():
+            with anyio.move_on_after(0.05):
+                await event.wait()
+            if self.revision >= revision or event.is_set():
+                return
+            # Nothing under the prefix moved the mirror: ask for a progress report.
+            stream = self._stream
+            if stream is not None:
+                with contextlib.suppress(EtcdError):
+                    await stream.request_progress()
+            with anyio.move_on_after(0.25):
+                await event.wait()
+
+    async def run(self) -> None:
+        """Follow the watch stream forever, reconnecting and resyncing as needed."""
+        backoff = Backoff(initial=0.05, cap=1.0)
+        while True:
+            stream = self._conn.watch_stream(self.root, self._range_end, self.revision + 1)
+            self._stream = stream
+            try:
+                while True:
+                    batch = await stream.read()
+                    if batch.compact_revision or batch.canceled:
+                        log.debug(
+                            "watch of %r at revision %d compacted/cancelled: resync",
+                            self.root,
+                            self.revision + 1,
+                        )
+                        self.resyncs += 1
+                        await self.load()
+                        break
+                    self.apply_batch(batch)
+                    backoff.reset()
+            except EtcdError as exc:
+                log.debug("watch of %r broke: %s; retrying", self.root, exc)
+                await anyio.sleep(backoff.next())
+            finally:
+                self._stream = None
+                stream.close()

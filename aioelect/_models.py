@@ -1,0 +1,68 @@
+"""Plain data: who leads, who campaigns, and statistics snapshots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ("CandidateInfo", "ElectorStatistics", "LeaderInfo")
+
+
+@dataclass(frozen=True)
+class CandidateInfo:
+    """One live candidate of an election.
+
+    Attributes:
+        name: the election's name.
+        key: the candidate's key, ``{prefix}/{name}/{lease hex}``.
+        value: the candidate's value.
+        token: the key's create revision; the candidate with the lowest leads.
+        lease_id: the lease the key is attached to.
+    """
+
+    name: str
+    key: bytes
+    value: bytes
+    token: int
+    lease_id: int
+
+
+@dataclass(frozen=True)
+class LeaderInfo(CandidateInfo):
+    """The leader of an election (the candidate with the lowest create revision).
+
+    ``token`` is a fencing token: it only grows from one leader to the next.
+    """
+
+
+@dataclass(frozen=True)
+class ElectorStatistics:
+    """A snapshot of an elector's counters, from :meth:`Elector.statistics`.
+
+    Attributes:
+        campaigns: elections this elector is waiting to win now.
+        terms_held: terms this elector holds now.
+        terms_won: terms won since the elector was entered.
+        terms_lost: terms that ended other than by resigning.
+        leader_changes: changes of leader seen in any election under the prefix.
+        sessions_granted: session leases granted (more than one after a loss).
+        sessions_lost: sessions lost (lease expired or not renewed in time).
+        keepalives: successful lease renewals.
+        keepalive_failures: renewals that failed or timed out.
+        keepalive_latency: round trip of the last renewal, in seconds.
+        lease_expires_in: seconds until etcd may expire the lease, at the latest
+            (None without a live session).
+        lease_id: the current session lease (None without one).
+    """
+
+    campaigns: int
+    terms_held: int
+    terms_won: int
+    terms_lost: int
+    leader_changes: int
+    sessions_granted: int
+    sessions_lost: int
+    keepalives: int
+    keepalive_failures: int
+    keepalive_latency: float | None
+    lease_expires_in: float | None
+    lease_id: int | None

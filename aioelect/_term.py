@@ -1,0 +1,253 @@
+"""A term: one continuous period of leadership of one election.
+
+A term is valid from the moment its candidate was confirmed leader until the
+first of: its session's ``valid_until`` passes without a renewal, etcd says
+the lease is gone, the leader key is deleted or overwritten by someone else,
+the term resigns, or the elector closes. Every leader-only write is a
+transaction guarded by ``create_revision(key) == token``, so a write from a
+term that etcd no longer considers leader never lands.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._backoff import Backoff
+from ._config import to_bytes
+from ._connection import KV
+from ._exceptions import EtcdError, NotLeader
+
+if TYPE_CHECKING:
+    from ._elector import Elector
+    from ._session import Session
+
+__all__ = ("Term",)
+
+log = logging.getLogger("aioelect")
+
+RESIGNED = "resigned"
+
+
+class Term:
+    """One continuous period of leadership, handed out by :meth:`Elector.hold`.
+
+    Attributes:
+        name: the election's name.
+        key: the leader key, ``{prefix}/{name}/{lease hex}``.
+        token: the leader key's create revision: a fencing token that only
+            grows from one leader to the next. Pass it to the systems you
+            write to, and let them refuse smaller tokens.
+        lease_id: the session lease the key is attached to.
+    """
+
+    def __init__(
+        self, elector: Elector, session: Session, name: str, key: bytes, value: bytes, token: int
+    ) -> None:
+        self._elector = elector
+        self._session = session
+        self.name = name
+        self.key = key
+        self._value = value
+        self.token = token
+        self.lease_id = session.lease_id
+        self.started_at = time.monotonic()
+        self._ended: str | None = None
+        self._resigning = False
+        self._lost = anyio.Event()
+        self._scopes: set[anyio.CancelScope] = set()
+        self._own_values: set[bytes] = {value}
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._on_end: list[Callable[[Term, str], None]] = []
+
+    # -- wiring (called by the elector) --------------------------------------------
+
+    def _attach(self) -> None:
+        """Start following the session and the leader key; end at once if either is gone."""
+        view = self._elector._mirror.view(self.name)
+        self._unsubscribe = [
+            self._session.on_lost(lambda reason: self._end(f"session lost: {reason}")),
+            self._session.on_renew(self._renewed),
+            view.listen_key(self.key, self._key_changed),
+        ]
+        kv = view.kvs.get(self.key)
+        if kv is None or kv.create_revision != self.token:
+            self._end("leader key deleted")
+
+    def _renewed(self, valid_until: float) -> None:
+        for scope in self._scopes:
+            scope.deadline = valid_until
+
+    def _key_changed(self, is_put: bool, kv: KV) -> None:
+        if self._resigning:
+            if not is_put:
+                self._end(RESIGNED)
+        elif not is_put:
+            self._end("leader key deleted")
+        elif (
+            kv.create_revision != self.token
+            or kv.lease != self.lease_id
+            or kv.value not in self._own_values
+        ):
+            self._end("leader key overwritten by someone else")
+        else:
+            self._value = kv.value
+
+    def _end(self, reason: str) -> None:
+        if self._ended is not None:
+            return
+        self._ended = reason
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        self._lost.set()
+        if reason != RESIGNED:
+            for scope in self._scopes:
+                scope.cancel()
+        for callback in self._on_end:
+            callback(self, reason)
+
+    def _scope(self) -> anyio.CancelScope:
+        """A cancel scope that is cancelled when the term ends (its deadline follows renewals)."""
+        scope = anyio.CancelScope(deadline=self._session.valid_until)
+        self._scopes.add(scope)
+        if self._ended is not None and self._ended != RESIGNED:
+            scope.cancel()
+        return scope
+
+    # -- public ------------------------------------------------------------------
+
+    @property
+    def value(self) -> bytes:
+        """The leader's current value (changed by :meth:`proclaim`)."""
+        return self._value
+
+    @property
+    def is_valid(self) -> bool:
+        """Whether this term still leads, checked against the clock now.
+
+        False as soon as the session's renew deadline passes, even before the
+        event loop has run any timer, and after the term ended for any reason.
+        """
+        return self._ended is None and time.monotonic() < self._session.valid_until
+
+    @property
+    def end_reason(self) -> str | None:
+        """Why the term ended, or None while it lasts."""
+        if self._ended is None and time.monotonic() >= self._session.valid_until:
+            return "lease not renewed before renew_deadline"
+        return self._ended
+
+    def expires_in(self) -> float:
+        """Seconds this term stays valid without another renewal (0 once ended)."""
+        if self._ended is not None:
+            return 0.0
+        return max(0.0, self._session.valid_until - time.monotonic())
+
+    async def wait_lost(self) -> None:
+        """Wait until the term ends, for any reason (cancelling the wait changes nothing)."""
+        scope = self._scope()
+        try:
+            with scope:
+                await self._lost.wait()
+        finally:
+            self._scopes.discard(scope)
+
+    def _check_valid(self) -> None:
+        if not self.is_valid:
+            raise NotLeader(
+                f"term {self.token} of election {self.name!r} no longer leads: {self.end_reason}"
+            )
+
+    async def proclaim(self, value: str | bytes) -> None:
+        """Change the leader's value without giving up leadership.
+
+        Raises:
+            NotLeader: the term no longer leads (nothing is written).
+            EtcdUnavailable: etcd did not answer; the value may or may not be set.
+        """
+        data = to_bytes(value)
+        self._check_valid()
+        conn = self._elector._conn
+        self._own_values.add(data)
+        resp = await conn.txn(
+            [conn.cmp_create(self.key, self.token)],
+            [conn.op_put(self.key, data, self.lease_id)],
+        )
+        if not resp.succeeded:
+            self._end("leader key deleted")
+            raise NotLeader(f"term {self.token} of election {self.name!r}: leader key is gone")
+        self._value = data
+        self._own_values = {data}
+
+    async def transaction(
+        self, compare: Sequence[Any] = (), success: Sequence[Any] = (), failure: Sequence[Any] = ()
+    ) -> tuple[bool, list[Any]]:
+        """Run an etcd transaction only while this term leads.
+
+        Takes aetcd's compare and operation objects (``client.transactions``)
+        and returns what ``aetcd.Client.transaction`` returns for them. The
+        guard ``create_revision(key) == token`` is added around them: etcd
+        applies nothing if this term's key is gone.
+
+        Raises:
+            NotLeader: the term is no longer valid (nothing is sent), or etcd
+                refused the guard (nothing was applied).
+            EtcdUnavailable: etcd did not answer in time; the transaction may
+                or may not have been applied.
+        """
+        conn = self._elector._conn
+        inner = conn.txn_request(
+            conn.user_compares(compare), conn.user_ops(success), conn.user_ops(failure)
+        )
+        self._check_valid()
+        resp = await conn.txn([conn.cmp_create(self.key, self.token)], [inner])
+        if not resp.succeeded:
+            self._end("leader key deleted")
+            raise NotLeader(f"term {self.token} of election {self.name!r}: leader key is gone")
+        return conn.txn_results(resp.responses[0].response_txn)
+
+    async def resign(self) -> None:
+        """Give up leadership now: delete the leader key (guarded by its create revision).
+
+        Retried with back-off for up to ``request_timeout`` when etcd does
+        not answer; if it still fails, the elector abandons the session (its
+        lease then expires and the key with it). The term ends either way.
+        Resigning an ended term does nothing. Shield it to resign while
+        being cancelled.
+        """
+        if self._ended is not None:
+            return
+        self._resigning = True
+        conn = self._elector._conn
+        backoff = Backoff(initial=0.02, cap=0.5)
+        deadline = time.monotonic() + max(conn.timeout, 1.0)
+        try:
+            while True:
+                try:
+                    await conn.txn(
+                        [conn.cmp_create(self.key, self.token)], [conn.op_delete(self.key)]
+                    )
+                    break
+                except EtcdError as exc:
+                    if time.monotonic() + 0.02 >= deadline:
+                        log.warning(
+                            "resign of %r failed (%s): abandoning session %x",
+                            self.name,
+                            exc,
+                            self.lease_id,
+                        )
+                        self._session.mark_lost(f"resign of {self.name!r} failed")
+                        break
+                    log.debug("resign of %r failed, retrying: %s", self.name, exc)
+                    await anyio.sleep(backoff.next())
+        finally:
+            self._end(RESIGNED)
+
+    def __repr__(self) -> str:
+        state = "valid" if self.is_valid else f"ended ({self.end_reason})"
+        return f"<Term {self.name!r} token={self.token} lease={self.lease_id:x} {state}>"
