@@ -10,17 +10,19 @@ stubs. Every aetcd and gRPC error is mapped to ours in :func:`map_errors`.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeAlias, Union
+from typing import Any, NoReturn, TypeAlias, TypeVar, Union
 from urllib.parse import urlsplit
 
 import aetcd
 import anyio
+import anyio.lowlevel
 import grpc
 import grpc.aio
 from aetcd import rpc
@@ -46,6 +48,7 @@ __all__ = (
     "parse_endpoints",
 )
 
+T = TypeVar("T")
 StrPath: TypeAlias = Union[str, "os.PathLike[str]"]
 
 #: gRPC keepalive: a ping every 5 s (etcd's default --grpc-keepalive-min-time:
@@ -187,6 +190,21 @@ def _grpc_target(endpoints: Sequence[Endpoint]) -> str:
     if v4:
         return "ipv4:" + ",".join(dict.fromkeys(v4))
     return "ipv6:" + ",".join(dict.fromkeys(v6))
+
+
+async def grpc_await(awaitable: Awaitable[T]) -> T:
+    """Await a grpc.aio call so that cancellation works with anyio cancel scopes.
+
+    When its task is cancelled, grpc.aio raises a new ``CancelledError`` that
+    lacks the message anyio's cancel scopes recognise theirs by, so a scope
+    would let it escape. After such an error, a checkpoint lets a cancelled
+    scope deliver its own cancellation; a plain ``Task.cancel()`` re-raises.
+    """
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        await anyio.lowlevel.checkpoint()
+        raise
 
 
 def _describe(exc: BaseException) -> str:
@@ -347,8 +365,8 @@ class KeepAliveStream:
     async def keepalive(self, lease_id: int) -> int:
         """Renew ``lease_id`` once; return the TTL etcd answered (0: the lease is gone)."""
         with map_errors(self._conn.endpoint_names):
-            await self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
-            reply = await self._call.read()
+            await grpc_await(self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id)))
+            reply = await grpc_await(self._call.read())
         if reply is grpc.aio.EOF:
             raise EtcdUnavailable(self._conn.endpoint_names, "keepalive stream closed by etcd")
         return int(reply.TTL)
@@ -376,8 +394,8 @@ class WatchStream:
         with map_errors(self._conn.endpoint_names):
             if not self._started:
                 self._started = True
-                await self._call.write(self._create)
-            resp = await self._call.read()
+                await grpc_await(self._call.write(self._create))
+            resp = await grpc_await(self._call.read())
         if resp is grpc.aio.EOF:
             raise EtcdUnavailable(self._conn.endpoint_names, "watch stream closed by etcd")
         events = [(ev.type == rpc.Event.PUT, KV.from_pb(ev.kv)) for ev in resp.events]
@@ -392,7 +410,9 @@ class WatchStream:
     async def request_progress(self) -> None:
         """Ask etcd to report the stream's current revision."""
         with map_errors(self._conn.endpoint_names):
-            await self._call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+            await grpc_await(
+                self._call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+            )
 
     def close(self) -> None:
         """Cancel the stream."""
@@ -475,7 +495,7 @@ class Connection:
     async def connect(self) -> None:
         """Open the channel (and authenticate); no request is sent without auth."""
         with map_errors(self.endpoint_names):
-            await self._client.connect()
+            await grpc_await(self._client.connect())
 
     async def close(self) -> None:
         """Close the client if we own it."""
@@ -488,8 +508,8 @@ class Connection:
     async def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
         with map_errors(self.endpoint_names):
             try:
-                return await method(
-                    request, timeout=self._t(timeout), metadata=self._client.metadata
+                return await grpc_await(
+                    method(request, timeout=self._t(timeout), metadata=self._client.metadata)
                 )
             except grpc.aio.AioRpcError as exc:
                 # Simple auth tokens expire (etcd --auth-token-ttl): log in again once.
@@ -498,9 +518,9 @@ class Connection:
                     and self._client._username is not None
                     and isinstance(self._client, _Client)
                 ):
-                    await self._client._authenticate()
-                    return await method(
-                        request, timeout=self._t(timeout), metadata=self._client.metadata
+                    await grpc_await(self._client._authenticate())
+                    return await grpc_await(
+                        method(request, timeout=self._t(timeout), metadata=self._client.metadata)
                     )
                 raise
 

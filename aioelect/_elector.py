@@ -127,6 +127,8 @@ class Elector:
         self._state = "new"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tg: TaskGroup | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
         self._session: Session | None = None
         self._session_changed = anyio.Event()
         self._busy: set[str] = set()
@@ -227,11 +229,32 @@ class Elector:
             raise EtcdUnavailable(
                 self._conn.endpoint_names, f"not ready within {cfg.connect_timeout:g} s: {cause}"
             ) from last
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
-        tg.start_soon(self._run_sessions)
-        tg.start_soon(self._mirror.run)
+        started = anyio.Event()
+        assert self._loop is not None
+        self._runner = self._loop.create_task(self._run(started), name=f"aioelect {self.prefix}")
+        self._runner.add_done_callback(self._runner_done)
+        await started.wait()
+
+    async def _run(self, started: anyio.Event) -> None:
+        """The elector's own task: it owns the TaskGroup of the background work.
+
+        A task of its own (not the caller's), so that entering and exiting the
+        elector may happen in different tasks (pytest fixtures, app hooks).
+        """
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._run_sessions)
+            tg.start_soon(self._mirror.run)
+            started.set()
+
+    def _runner_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        self._failure = task.exception()
+        log.error("aioelect background task failed; every term ends", exc_info=self._failure)
+        if self._session is not None:
+            self._session.mark_lost("elector failed")
+        self._session_changed.set()
 
     async def __aexit__(
         self,
@@ -262,17 +285,19 @@ class Elector:
                         await self._conn.revoke(session.lease_id)
                     except EtcdError as exc:
                         log.warning("could not revoke lease %x on exit: %s", session.lease_id, exc)
-        if self._tg is not None:
-            # Exited outside the shield: the task group's scope must be the current one.
-            self._tg.cancel_scope.cancel()
-            await self._tg.__aexit__(None, None, None)
-            self._tg = None
         with anyio.CancelScope(shield=True):
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+            if self._runner is not None:
+                await asyncio.wait([self._runner])
+            self._tg = None
             try:
                 await self._conn.close()
             finally:
                 if self._embedded is not None:
                     await self._embedded.__aexit__(None, None, None)
+        if self._failure is not None:
+            raise AioelectError("the elector's background task failed") from self._failure
 
     def _check_usable(self) -> None:
         if self._state != "open":
@@ -285,6 +310,8 @@ class Elector:
             raise AioelectError("aioelect runs on asyncio only") from None
         if loop is not self._loop:
             raise AioelectError("this Elector belongs to another event loop")
+        if self._failure is not None:
+            raise AioelectError("the elector's background task failed") from self._failure
 
     # -- sessions --------------------------------------------------------------------
 
@@ -396,8 +423,12 @@ class Elector:
             self._track(term)
             scope = term._scope()
             try:
-                with scope:
-                    yield term
+                try:
+                    with scope:
+                        yield term
+                except asyncio.CancelledError:
+                    if not (scope.cancel_called and _cancellation_was_ours(term)):
+                        raise
             finally:
                 term._scopes.discard(scope)
                 reason = term.end_reason
@@ -489,3 +520,17 @@ class Elector:
     def __repr__(self) -> str:
         eps = ",".join(self._conn.endpoint_names)
         return f"<Elector prefix={self.prefix!r} endpoints={eps!r} {self._state}>"
+
+
+def _cancellation_was_ours(term: Term) -> bool:
+    """Whether a CancelledError that escaped a term's cancelled scope came from that scope.
+
+    grpc.aio (e.g. an aetcd call in the body) replaces a scope's cancellation
+    with a bare CancelledError that the scope does not recognise. It is ours
+    when the term ended and nobody else asked to cancel the task.
+    """
+    if term._ended is None or term._ended == RESIGNED:
+        return False
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or cancelling() == 0

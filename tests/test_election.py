@@ -1,0 +1,336 @@
+"""The core election against a real etcd: order, handover, loss, phantom wins, cleanup."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import pytest
+from helpers import ElectorFactory, eventually, keys_under, live_leases
+
+import aioelect
+from aioelect._connection import Connection
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _hold_forever(elector: aioelect.Elector, name: str) -> None:
+    async with elector.hold(name, "x"):
+        await anyio.sleep_forever()
+
+
+async def _queue_length(elector: aioelect.Elector, name: str, n: int) -> None:
+    async def check() -> bool:
+        return len(await elector.candidates(name)) >= n
+
+    await eventually(check, what=f"{n} candidates")
+
+
+async def test_fifo_order_of_three_candidates(make_elector: ElectorFactory) -> None:
+    """Three candidates lead in the order they campaigned, each handing over on exit."""
+    electors = [await make_elector() for _ in range(3)]
+    order: list[str] = []
+    entered = [anyio.Event() for _ in range(3)]
+    release = [anyio.Event() for _ in range(3)]
+
+    async def candidate(i: int) -> None:
+        async with electors[i].hold("job", f"c{i}") as term:
+            order.append(term.value.decode())
+            entered[i].set()
+            await release[i].wait()
+
+    async with anyio.create_task_group() as tg:
+        for i in range(3):
+            tg.start_soon(candidate, i)
+            await _queue_length(electors[0], "job", i + 1)
+        for i in range(3):
+            await entered[i].wait()
+            assert order == [f"c{j}" for j in range(i + 1)]
+            release[i].set()
+    assert order == ["c0", "c1", "c2"]
+
+
+async def test_graceful_handover_without_ttl_wait(make_elector: ElectorFactory) -> None:
+    """A leader leaving its block hands over at once: far sooner than the TTL."""
+    a = await make_elector(ttl=10)
+    b = await make_elector(ttl=10)
+    elected = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        async with a.hold("job", "a") as term_a:
+
+            async def follower() -> None:
+                async with b.hold("job", "b") as term_b:
+                    assert term_b.token > term_a.token
+                    elected.set()
+
+            tg.start_soon(follower)
+            await _queue_length(a, "job", 2)
+            left = time.monotonic()
+        await elected.wait()
+        took = time.monotonic() - left
+    assert took < 10 / 2, f"handover took {took:.3f} s"
+
+
+async def test_leader_key_deleted_cancels_body(
+    make_elector: ElectorFactory, raw: Connection
+) -> None:
+    """Someone deleting the leader key cancels the body and raises LeadershipLost."""
+    a = await make_elector()
+    inside = anyio.Event()
+    cancelled = anyio.Event()
+    keys: list[bytes] = []
+
+    async def intruder() -> None:
+        await inside.wait()
+        await raw.txn([], [raw.op_delete(keys[0])])
+
+    async def leader() -> None:
+        async with a.hold("job", "a") as term:
+            keys.append(term.key)
+            inside.set()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                cancelled.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(intruder)
+        with pytest.raises(aioelect.LeadershipLost, match="deleted") as info:
+            await leader()
+    assert cancelled.is_set()
+    assert info.value.name == "job"
+
+
+async def test_leader_key_overwritten_cancels_body(
+    make_elector: ElectorFactory, raw: Connection
+) -> None:
+    """Someone overwriting the leader key (value and lease) ends the term."""
+    a = await make_elector()
+    with pytest.raises(aioelect.LeadershipLost, match="overwritten"):
+        async with a.hold("job", "a") as term:
+            await raw.txn([], [raw.op_put(term.key, b"intruder")])
+            await term.wait_lost()
+            await anyio.sleep_forever()
+    assert term.end_reason is not None
+
+
+async def test_waiting_candidate_whose_key_vanished_never_wins_on_it(
+    make_elector: ElectorFactory, raw: Connection
+) -> None:
+    """A waiter whose key is deleted (with the leader's, in one txn) re-campaigns with a new key."""
+    a = await make_elector()
+    b = await make_elector()
+    won = anyio.Event()
+    tokens: list[int] = []
+
+    async def waiter() -> None:
+        async with b.hold("job", "b") as term_b:
+            tokens.append(term_b.token)
+            kvs = await keys_under(raw, f"{b.prefix}/job/")
+            assert [kv.create_revision for kv in kvs] == [term_b.token]
+            won.set()
+
+    async with anyio.create_task_group() as tg:
+        with pytest.raises(aioelect.LeadershipLost):
+            async with a.hold("job", "a") as term_a:
+                tg.start_soon(waiter)
+                await _queue_length(a, "job", 2)
+                old_b = (await a.candidates("job"))[1]
+                await raw.txn([], [raw.op_delete(term_a.key), raw.op_delete(old_b.key)])
+                await anyio.sleep_forever()
+    assert won.is_set()
+    assert tokens[0] > old_b.token
+
+
+@pytest.mark.parametrize("point", ["txn", "sync", "confirm"])
+async def test_cancel_at_each_await_point_leaves_no_key(
+    make_elector: ElectorFactory, raw: Connection, point: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled at each await of the campaign (after its key exists), hold() leaves no key."""
+    from aioelect._mirror import Mirror
+
+    a = await make_elector()
+    reached = anyio.Event()
+    cls, attr = {
+        "txn": (Connection, "txn"),
+        "sync": (Mirror, "sync"),
+        "confirm": (Connection, "range"),
+    }[point]
+    original = getattr(cls, attr)
+
+    async def gate(self: object, *args: object, **kwargs: object) -> object:
+        result = await original(self, *args, **kwargs)
+        if self is a._conn or self is a._mirror:
+            reached.set()
+            await anyio.sleep_forever()
+        return result
+
+    monkeypatch.setattr(cls, attr, gate)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_hold_forever, a, "job")
+        await reached.wait()
+        assert len(await keys_under(raw, f"{a.prefix}/job/")) == 1
+        tg.cancel_scope.cancel()
+    monkeypatch.undo()
+    assert await keys_under(raw, f"{a.prefix}/") == []
+
+
+async def test_cancel_while_waiting_for_predecessor_leaves_no_key(
+    make_elector: ElectorFactory, raw: Connection
+) -> None:
+    """Cancelled while waiting behind a leader, hold() deletes its key; the leader stays."""
+    a = await make_elector()
+    b = await make_elector()
+    async with b.hold("job", "leader") as term_b:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_hold_forever, a, "job")
+            await _queue_length(a, "job", 2)
+            tg.cancel_scope.cancel()
+        assert [kv.key for kv in await keys_under(raw, f"{a.prefix}/")] == [term_b.key]
+
+
+async def test_elector_exit_leaves_nothing(etcd_prefix: str, raw: Connection, etcd) -> None:  # type: ignore[no-untyped-def]
+    """Leaving the elector removes every key under the prefix and its lease."""
+    async with aioelect.Elector(endpoints=etcd.endpoints, prefix=etcd_prefix, ttl=5) as a:
+        lease = a.statistics().lease_id
+        assert lease in await live_leases(raw)
+        async with anyio.create_task_group() as tg:
+            for name in ("one", "two", "three"):
+                tg.start_soon(_hold_forever, a, name)
+            await eventually(lambda: _count(raw, etcd_prefix, 3), what="three leaders")
+            tg.cancel_scope.cancel()
+        async with a.hold("four", "x"):
+            pass
+        async with a.hold("five", "x"):
+            assert len(await keys_under(raw, etcd_prefix + "/")) == 1
+    assert await keys_under(raw, etcd_prefix + "/") == []
+    assert lease not in await live_leases(raw)
+
+
+async def _count(raw: Connection, prefix: str, n: int) -> bool:
+    return len(await keys_under(raw, prefix + "/")) == n
+
+
+async def test_term_transaction_is_fenced(make_elector: ElectorFactory, raw: Connection) -> None:
+    """Term.transaction applies while leading and is refused (NotLeader) once the term ended."""
+    a = await make_elector()
+    tx = a.client.transactions
+    key = f"{a.prefix}-data/x".encode()
+    with pytest.raises(aioelect.LeadershipLost):
+        async with a.hold("job", "a") as term:
+            ok, _ = await term.transaction(success=[tx.put(key, b"1")])
+            assert ok
+            ok, results = await term.transaction(
+                compare=[tx.value(key) == b"2"], success=[], failure=[tx.get(key)]
+            )
+            assert not ok
+            assert results[0][0][0] == b"1"
+            await raw.txn([], [raw.op_delete(term.key)])
+            await term.wait_lost()
+            with pytest.raises(aioelect.NotLeader):
+                await term.transaction(success=[tx.put(key, b"late")])
+    assert (await raw.range(key)).kvs[0].value == b"1"
+    await raw.txn([], [raw.op_delete(key)])
+
+
+async def test_stale_term_transaction_refused_by_etcd(
+    make_elector: ElectorFactory, raw: Connection
+) -> None:
+    """A transaction whose guard etcd refuses (key gone, not yet noticed) raises NotLeader."""
+    a = await make_elector()
+    tx = a.client.transactions
+    key = f"{a.prefix}-data/y".encode()
+    with pytest.raises(aioelect.LeadershipLost):
+        async with a.hold("job", "a") as term:
+            # Delete and re-create the key under the same lease: the token no longer matches.
+            await raw.txn(
+                [],
+                [
+                    raw.op_delete(term.key),
+                ],
+            )
+            with pytest.raises(aioelect.NotLeader):
+                await term.transaction(success=[tx.put(key, b"stale")])
+            await anyio.sleep_forever()
+    assert (await raw.range(key)).kvs == []
+
+
+async def test_proclaim_changes_value_and_observers_see_it(make_elector: ElectorFactory) -> None:
+    """proclaim() changes the leader's value; observe() reports leader, proclaim and vacancy."""
+    a = await make_elector()
+    b = await make_elector()
+    seen: list[bytes | None] = []
+    async with b.observe("job") as leaders:
+        it = aiter(leaders)
+        assert await anext(it) is None
+        async with a.hold("job", "v1") as term:
+            first = await anext(it)
+            assert first is not None and first.value == b"v1" and first.token == term.token
+            await term.proclaim("v2")
+            assert term.value == b"v2"
+            second = await anext(it)
+            assert second is not None and second.value == b"v2" and second.token == term.token
+            seen.append(second.value)
+        assert await anext(it) is None
+    assert (await a.leader("job")) is None
+    assert seen == [b"v2"]
+
+
+async def test_leader_and_candidates(make_elector: ElectorFactory) -> None:
+    """leader() and candidates() report the live candidates in election order."""
+    a = await make_elector()
+    b = await make_elector()
+    assert await a.leader("job") is None
+    assert await a.candidates("job") == []
+    async with a.hold("job", b"a-value") as term, anyio.create_task_group() as tg:
+        tg.start_soon(_hold_forever, b, "job")
+        await _queue_length(a, "job", 2)
+        leader = await b.leader("job")
+        assert leader is not None
+        assert (leader.key, leader.value, leader.token) == (term.key, b"a-value", term.token)
+        names = await b.candidates("job")
+        assert [c.value for c in names] == [b"a-value", b"x"]
+        assert names[0].token < names[1].token
+        tg.cancel_scope.cancel()
+
+
+async def test_is_valid_false_once_deadline_passes_without_timer(
+    make_elector: ElectorFactory,
+) -> None:
+    """is_valid turns false when the renew deadline passes, even if the loop never ran a timer."""
+    a = await make_elector(ttl=2)
+    with pytest.raises(aioelect.LeadershipLost):
+        async with a.hold("job", "a") as term:
+            assert term.is_valid
+            remaining = term.expires_in()
+            assert 0 < remaining <= a.config.renew_deadline
+            time.sleep(remaining + 0.05)  # noqa: ASYNC251 - block the loop: no timer can run
+            assert not term.is_valid
+            assert term.expires_in() == 0.0 or not term.is_valid
+            await anyio.sleep_forever()
+
+
+async def test_statistics_snapshot(make_elector: ElectorFactory) -> None:
+    """statistics() counts terms won and held, and reports the lease."""
+    a = await make_elector()
+    s0 = a.statistics()
+    assert s0.terms_won == 0 and s0.lease_id is not None and s0.sessions_granted == 1
+    async with a.hold("job", "a"):
+        s1 = a.statistics()
+        assert s1.terms_held == 1 and s1.terms_won == 1
+        with pytest.raises(AttributeError):
+            s1.terms_won = 5  # type: ignore[misc]
+    s2 = a.statistics()
+    assert s2.terms_held == 0 and s2.terms_lost == 0
+
+
+async def test_lost_term_with_aetcd_call_in_body_raises_leadership_lost(
+    make_elector: ElectorFactory, raw: Connection
+) -> None:
+    """A body blocked in a raw aetcd call still gets LeadershipLost, not a stray CancelledError."""
+    a = await make_elector()
+    with pytest.raises(aioelect.LeadershipLost):
+        async with a.hold("job", "a") as term:
+            await raw.txn([], [raw.op_delete(term.key)])
+            while True:
+                await a.client.get(b"/some/key")
