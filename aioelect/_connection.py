@@ -248,6 +248,8 @@ def map_errors(endpoints: Sequence[str]) -> Iterator[None]:
         yield
     except (grpc.aio.AioRpcError, aetcd.ClientError, TimeoutError) as exc:
         _raise_mapped(exc, endpoints)
+    except asyncio.InvalidStateError as exc:  # a write to a stream that already ended
+        raise EtcdUnavailable(endpoints, "stream already closed") from exc
 
 
 class _Client(aetcd.Client):  # type: ignore[misc]

@@ -349,15 +349,19 @@ class Elector:
                     await anyio.sleep(backoff.next())
 
     async def _revoke_quietly(self, lease_id: int) -> None:
-        with anyio.move_on_after(self._config.ttl):
-            backoff = Backoff(initial=0.05, cap=1.0)
-            while True:
-                try:
-                    await self._conn.revoke(lease_id)
-                    return
-                except EtcdError as exc:
-                    log.debug("revoking lost lease %x: %s", lease_id, exc)
-                    await anyio.sleep(backoff.next())
+        """Revoke a lost session's lease, retrying until etcd answers.
+
+        A restarted etcd restores leases with a fresh TTL, so a lease lost
+        during an outage would otherwise hold its keys for another TTL.
+        """
+        backoff = Backoff(initial=0.05, cap=1.0)
+        while True:
+            try:
+                await self._conn.revoke(lease_id)
+                return
+            except EtcdError as exc:
+                log.debug("revoking lost lease %x: %s", lease_id, exc)
+                await anyio.sleep(backoff.next())
 
     async def _wait_session(self) -> Session:
         """The live session, waiting for a new one while it is being re-granted."""
