@@ -18,6 +18,8 @@ from ._exceptions import LeadershipLost as LeadershipLost
 from ._exceptions import NoSuchCandidate as NoSuchCandidate
 from ._exceptions import NotLeader as NotLeader
 from ._exceptions import PermissionDenied as PermissionDenied
+from ._leadership import LeaderLease as LeaderLease
+from ._leadership import Leadership as Leadership
 from ._models import CandidateInfo as CandidateInfo
 from ._models import ElectorStatistics as ElectorStatistics
 from ._models import LeaderInfo as LeaderInfo
@@ -39,6 +41,8 @@ __all__ = (
     "EtcdError",
     "EtcdUnavailable",
     "LeaderInfo",
+    "LeaderLease",
+    "Leadership",
     "LeadershipLost",
     "NoSuchCandidate",
     "NotLeader",

@@ -40,8 +40,14 @@ __all__ = ("campaign",)
 log = logging.getLogger("aioelect")
 
 
-async def campaign(elector: Elector, name: str, value: bytes) -> Term:
+async def campaign(
+    elector: Elector, name: str, value: bytes, *, reclaim_stale: bool = False
+) -> Term:
     """Campaign until elected; return the (attached) term.
+
+    With ``reclaim_stale``, candidate keys of other leases that carry our
+    (unique) value are taken for a previous incarnation of this process and
+    deleted, guarded by their create revision, instead of waiting out their TTL.
 
     Cancelling deletes the candidate key. Raises ElectorClosed when the
     elector closes meanwhile.
@@ -53,6 +59,8 @@ async def campaign(elector: Elector, name: str, value: bytes) -> Term:
         session = await elector._wait_session()
         key = candidate_key(elector.prefix, name, session.lease_id)
         try:
+            if reclaim_stale:
+                await _reclaim(elector, name, value, session.lease_id)
             resp = await conn.txn(
                 [conn.cmp_create(key, 0)],
                 [conn.op_put(key, value, session.lease_id)],
@@ -85,6 +93,15 @@ async def campaign(elector: Elector, name: str, value: bytes) -> Term:
             raise
 
 
+async def _reclaim(elector: Elector, name: str, value: bytes, lease_id: int) -> None:
+    conn = elector._conn
+    eprefix = election_prefix(elector.prefix, name)
+    for kv in (await conn.range(eprefix, prefix_range_end(eprefix))).kvs:
+        if kv.value == value and kv.lease != lease_id:
+            log.info("reclaiming stale key %r of election %r", kv.key, name)
+            await conn.txn([conn.cmp_create(kv.key, kv.create_revision)], [conn.op_delete(kv.key)])
+
+
 async def _wait_turn(
     elector: Elector, session: Session, view: ElectionView, key: bytes, token: int, rev: int
 ) -> Term | None:
@@ -104,6 +121,11 @@ async def _wait_turn(
         own = view.kvs.get(key)
         if own is None or own.create_revision != token:
             return None
+        target = view.transfer_target()
+        if target is not None and target.key != key and token < target.create_revision:
+            # Leadership is being handed to a candidate behind us: step to the back.
+            await conn.txn([conn.cmp_create(key, token)], [conn.op_delete(key)])
+            return None
         pred = view.predecessor(token)
         if pred is None:
             first = await conn.range(eprefix, eend, limit=1, sort_create="ascend")
@@ -113,7 +135,16 @@ async def _wait_turn(
                     return None
                 term = Term(elector, session, view.name, key, head.value, token)
                 term._attach()
-                return term if term._ended is None else None
+                if term._ended is not None:
+                    return None
+                record = view.transfer
+                if record is not None and record.value == key:
+                    # The transfer reached us: drop its record (and its lease).
+                    try:
+                        await conn.revoke(record.lease)
+                    except EtcdError as exc:
+                        log.debug("could not drop transfer record of %r: %s", view.name, exc)
+                return term
             if head is None or head.create_revision >= token:
                 return None  # our key is gone
             rev = first.revision
@@ -123,6 +154,7 @@ async def _wait_turn(
             session.on_lost(_waker(wake)),
             view.listen_key(pred.key, _waker(wake)),
             view.listen_key(key, _waker(wake)),
+            view.listen_key(view.transfer_key, _waker(wake)),
         ]
         try:
             await wake.wait()

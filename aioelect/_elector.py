@@ -37,11 +37,12 @@ from ._exceptions import (
     LeadershipLost,
 )
 from ._keys import election_prefix, prefix_range_end
+from ._leadership import Leadership, OnElected, OnLeaderChange, OnSteppedDown
 from ._mirror import Mirror, leader_info
 from ._models import CandidateInfo, ElectorStatistics, LeaderInfo
 from ._observe import Observer
 from ._session import Session
-from ._term import RESIGNED, Term
+from ._term import RESIGNED, Term, cancellation_was_ours
 
 __all__ = ("Elector",)
 
@@ -431,7 +432,7 @@ class Elector:
                     with scope:
                         yield term
                 except asyncio.CancelledError:
-                    if not (scope.cancel_called and _cancellation_was_ours(term)):
+                    if not (scope.cancel_called and cancellation_was_ours(term)):
                         raise
             finally:
                 term._scopes.discard(scope)
@@ -442,6 +443,63 @@ class Elector:
                 raise LeadershipLost(name, reason)
         finally:
             self._busy.discard(name)
+
+    def leadership(
+        self,
+        name: str,
+        value: str | bytes,
+        *,
+        node_name: str | None = None,
+        campaign: bool = True,
+        on_elected: OnElected | None = None,
+        on_stepped_down: OnSteppedDown | None = None,
+        on_leader_change: OnLeaderChange | None = None,
+        handover_barrier: bool = True,
+        reclaim_stale: bool = False,
+    ) -> Leadership:
+        """Create a :class:`Leadership` in election ``name`` (the seed's CreateLeadership).
+
+        Args:
+            name: the election.
+            value: this node's value (what leader() reports while it leads).
+            node_name: a label for logs (the seed's nodeName).
+            campaign: False only observes and reports leaders (the seed's
+                allowCampaign=false).
+            on_elected: ``async (term) -> bool | None``, awaited when elected;
+                return False to decline (resign, back off, campaign again).
+                It runs while the term lasts and is cancelled if it ends.
+            on_stepped_down: ``async (term) -> None``, awaited once at every end
+                of a term (bounded by the TTL).
+            on_leader_change: ``async (LeaderInfo | None) -> None``, awaited on
+                every change of the observed leader, its value, or a vacancy.
+            handover_barrier: on a graceful step-down, delete the key only
+                after ``on_stepped_down`` returned, so the successor starts
+                after it (the seed's WithLockIfBecomeLeader). False: the key
+                goes first, for the fastest handover.
+            reclaim_stale: a restarted process whose value equals a candidate
+                key of another lease (its previous incarnation) deletes that
+                key, guarded by its create revision, instead of waiting out
+                its TTL. Values must then be unique per candidate.
+
+        Raises:
+            ConfigError: bad name, value or callback.
+        """
+        self._check_usable()
+        return Leadership(
+            self,
+            name,
+            value,
+            node_name=node_name,
+            campaign=campaign,
+            on_elected=on_elected,
+            on_stepped_down=on_stepped_down,
+            on_leader_change=on_leader_change,
+            handover_barrier=handover_barrier,
+            reclaim_stale=reclaim_stale,
+        )
+
+    #: The seed's name of :meth:`leadership`.
+    create_leadership = leadership
 
     async def leader(self, name: str) -> LeaderInfo | None:
         """Return the current leader of election ``name``, or None when vacant.
@@ -524,17 +582,3 @@ class Elector:
     def __repr__(self) -> str:
         eps = ",".join(self._conn.endpoint_names)
         return f"<Elector prefix={self.prefix!r} endpoints={eps!r} {self._state}>"
-
-
-def _cancellation_was_ours(term: Term) -> bool:
-    """Whether a CancelledError that escaped a term's cancelled scope came from that scope.
-
-    grpc.aio (e.g. an aetcd call in the body) replaces a scope's cancellation
-    with a bare CancelledError that the scope does not recognise. It is ours
-    when the term ended and nobody else asked to cancel the task.
-    """
-    if term._ended is None or term._ended == RESIGNED:
-        return False
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return cancelling is None or cancelling() == 0

@@ -9,7 +9,20 @@ election. Pure functions, no I/O.
 
 from __future__ import annotations
 
-__all__ = ("candidate_key", "election_prefix", "prefix_range_end", "split_key")
+__all__ = (
+    "TRANSFER_SUFFIX",
+    "candidate_key",
+    "election_prefix",
+    "prefix_range_end",
+    "split_key",
+    "split_transfer_key",
+    "transfer_key",
+)
+
+#: aioelect's own transfer record of election ``name`` is ``{prefix}/{name}`` + this
+#: suffix: outside ``{prefix}/{name}/`` (so Go candidates never see it) and
+#: unambiguous, since names cannot contain NUL.
+TRANSFER_SUFFIX = b"\x00transfer"
 
 
 def election_prefix(prefix: str, name: str) -> bytes:
@@ -45,5 +58,23 @@ def split_key(root: bytes, key: bytes) -> str | None:
         return None
     try:
         return rest[:slash].decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def transfer_key(prefix: str, name: str) -> bytes:
+    """The key of election ``name``'s transfer record (value: the target's candidate key)."""
+    return f"{prefix}/{name}".encode() + TRANSFER_SUFFIX
+
+
+def split_transfer_key(root: bytes, key: bytes) -> str | None:
+    """The election name of a transfer record key under ``root``, else None."""
+    if not key.startswith(root) or not key.endswith(TRANSFER_SUFFIX):
+        return None
+    name = key[len(root) : -len(TRANSFER_SUFFIX)]
+    if not name or b"/" in name:
+        return None
+    try:
+        return name.decode()
     except UnicodeDecodeError:
         return None

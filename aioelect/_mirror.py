@@ -28,7 +28,7 @@ import anyio
 from ._backoff import Backoff
 from ._connection import KV, Connection, WatchBatch, WatchStream
 from ._exceptions import EtcdError
-from ._keys import prefix_range_end, split_key
+from ._keys import TRANSFER_SUFFIX, prefix_range_end, split_key, split_transfer_key
 from ._models import LeaderInfo
 
 __all__ = ("ElectionView", "Mirror")
@@ -52,10 +52,20 @@ def leader_info(name: str, kv: KV | None) -> LeaderInfo | None:
 class ElectionView:
     """The mirrored state of one election: its candidates in election order."""
 
-    __slots__ = ("_leader", "key_listeners", "kvs", "leader_listeners", "name")
+    __slots__ = (
+        "_leader",
+        "key_listeners",
+        "kvs",
+        "leader_listeners",
+        "name",
+        "transfer",
+        "transfer_key",
+    )
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, root: bytes) -> None:
         self.name = name
+        self.transfer_key = root + name.encode() + TRANSFER_SUFFIX
+        self.transfer: KV | None = None
         self.kvs: dict[bytes, KV] = {}
         self.key_listeners: dict[bytes, set[KeyListener]] = {}
         self.leader_listeners: set[LeaderListener] = set()
@@ -66,6 +76,12 @@ class ElectionView:
         for kv in self.kvs.values():
             return kv
         return None
+
+    def transfer_target(self) -> KV | None:
+        """The live candidate a pending transfer hands leadership to, or None."""
+        if self.transfer is None:
+            return None
+        return self.kvs.get(self.transfer.value)
 
     def predecessor(self, token: int) -> KV | None:
         """The live candidate created just before ``token``, or None."""
@@ -90,7 +106,11 @@ class ElectionView:
         return unsubscribe
 
     def apply(self, is_put: bool, kv: KV) -> None:
-        if is_put:
+        if kv.key == self.transfer_key:
+            if not is_put and self.transfer is None:
+                return
+            self.transfer = kv if is_put else None
+        elif is_put:
             old = self.kvs.get(kv.key)
             if old is not None and old.create_revision != kv.create_revision:
                 del self.kvs[kv.key]  # re-created: it moves to the back
@@ -140,7 +160,7 @@ class Mirror:
         """The view of election ``name`` (created empty if unknown)."""
         view = self.views.get(name)
         if view is None:
-            view = self.views[name] = ElectionView(name)
+            view = self.views[name] = ElectionView(name, self.root)
         return view
 
     async def load(self) -> None:
@@ -149,22 +169,28 @@ class Mirror:
         fresh: dict[bytes, KV] = {kv.key: kv for kv in result.kvs}
         touched: set[ElectionView] = set()
         for view in list(self.views.values()):
-            for key, kv in list(view.kvs.items()):
-                new = fresh.get(key)
+            old_kvs = list(view.kvs.values())
+            if view.transfer is not None:
+                old_kvs.append(view.transfer)
+            for kv in old_kvs:
+                new = fresh.get(kv.key)
                 if new is None or new.create_revision != kv.create_revision:
                     view.apply(False, kv)
                     touched.add(view)
         for kv in sorted(result.kvs, key=lambda kv: kv.create_revision):
-            name = split_key(self.root, kv.key)
+            name = self._name_of(kv.key)
             if name is None:
                 continue
             view = self.view(name)
-            old = view.kvs.get(kv.key)
+            old = view.transfer if kv.key == view.transfer_key else view.kvs.get(kv.key)
             if old != kv:
                 view.apply(True, kv)
                 touched.add(view)
         self._advance(result.revision)
         self._leaders_moved(touched)
+
+    def _name_of(self, key: bytes) -> str | None:
+        return split_key(self.root, key) or split_transfer_key(self.root, key)
 
     def _leaders_moved(self, views: set[ElectionView]) -> None:
         for view in views:
@@ -192,7 +218,7 @@ class Mirror:
             return
         touched: set[ElectionView] = set()
         for is_put, kv in batch.events:
-            name = split_key(self.root, kv.key)
+            name = self._name_of(kv.key)
             if name is None:
                 continue
             view = self.views.get(name)

@@ -10,6 +10,7 @@ term that etcd no longer considers leader never lands.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,8 @@ import anyio
 from ._backoff import Backoff
 from ._config import to_bytes
 from ._connection import KV
-from ._exceptions import EtcdError, NotLeader
+from ._exceptions import EtcdError, NoSuchCandidate, NotLeader
+from ._keys import election_prefix, prefix_range_end, transfer_key
 
 if TYPE_CHECKING:
     from ._elector import Elector
@@ -211,6 +213,69 @@ class Term:
             raise NotLeader(f"term {self.token} of election {self.name!r}: leader key is gone")
         return conn.txn_results(resp.responses[0].response_txn)
 
+    async def find_candidate(self, value: str | bytes) -> KV:
+        """The live candidate (other than this term) whose value is ``value``.
+
+        Raises:
+            NoSuchCandidate: no live candidate has that value.
+        """
+        data = to_bytes(value)
+        conn = self._elector._conn
+        eprefix = election_prefix(self._elector.prefix, self.name)
+        result = await conn.range(eprefix, prefix_range_end(eprefix), sort_create="ascend")
+        for kv in result.kvs:
+            if kv.value == data and kv.key != self.key:
+                return kv
+        raise NoSuchCandidate(f"no live candidate of election {self.name!r} has value {data!r}")
+
+    async def transfer(self, value: str | bytes) -> None:
+        """Hand leadership to the live candidate whose value is ``value``.
+
+        In one transaction, guarded by this term's token and the target's,
+        this term resigns and records the transfer. Other aioelect candidates
+        then let the target lead (those queued before it move to the back);
+        if the target has not taken over within one TTL, the record expires
+        and the normal order resumes. Go candidates do not know transfer
+        records: one queued before the target may win. The term ends as by
+        :meth:`resign`.
+
+        Raises:
+            NoSuchCandidate: no live candidate has that value.
+            NotLeader: this term no longer leads.
+        """
+        self._check_valid()
+        target = await self.find_candidate(value)
+        await self._transfer_to(target)
+
+    async def _transfer_to(self, target: KV) -> None:
+        elector = self._elector
+        conn = elector._conn
+        self._check_valid()
+        record_lease, _ = await conn.grant(int(elector._config.ttl))
+        self._resigning = True
+        try:
+            resp = await conn.txn(
+                [conn.cmp_create(self.key, self.token),
+                 conn.cmp_create(target.key, target.create_revision)],
+                [conn.op_put(transfer_key(elector.prefix, self.name), target.key, record_lease),
+                 conn.op_delete(self.key)],
+            )  # fmt: skip
+        except BaseException:
+            self._resigning = False
+            raise
+        if not resp.succeeded:
+            self._resigning = False
+            await conn.revoke(record_lease)
+            kv = elector._mirror.view(self.name).kvs.get(self.key)
+            if kv is None or kv.create_revision != self.token:
+                self._end("leader key deleted")
+                raise NotLeader(f"term {self.token} of election {self.name!r}: key is gone")
+            raise NoSuchCandidate(
+                f"the candidate {target.key!r} of election {self.name!r} left meanwhile"
+            )
+        log.info("election %r: leadership transferred to %r", self.name, target.key)
+        self._end(RESIGNED)
+
     async def resign(self) -> None:
         """Give up leadership now: delete the leader key (guarded by its create revision).
 
@@ -251,3 +316,17 @@ class Term:
     def __repr__(self) -> str:
         state = "valid" if self.is_valid else f"ended ({self.end_reason})"
         return f"<Term {self.name!r} token={self.token} lease={self.lease_id:x} {state}>"
+
+
+def cancellation_was_ours(term: Term) -> bool:
+    """Whether a CancelledError that escaped a term's cancelled scope came from that scope.
+
+    grpc.aio (e.g. an aetcd call in the body) replaces a scope's cancellation
+    with a bare CancelledError that the scope does not recognise. It is ours
+    when the term ended and nobody else asked to cancel the task.
+    """
+    if term._ended is None or term._ended == RESIGNED:
+        return False
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or cancelling() == 0

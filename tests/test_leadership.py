@@ -1,0 +1,400 @@
+"""The seed's callback API (Leadership) against a real etcd."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import pytest
+from helpers import ElectorFactory, eventually, keys_under
+
+import aioelect
+from aioelect._connection import Connection
+from aioelect._keys import candidate_key
+
+pytestmark = pytest.mark.asyncio
+
+
+class Recorder:
+    """Callbacks that record what happened, with events to wait on."""
+
+    def __init__(self, name: str, decline: int = 0) -> None:
+        self.name = name
+        self.decline = decline
+        self.elected: list[aioelect.Term] = []
+        self.stepped_down: list[aioelect.Term] = []
+        self.elected_at: list[float] = []
+        self.down_done_at: list[float] = []
+        self.changes: list[aioelect.LeaderInfo | None] = []
+        self.elected_event = anyio.Event()
+        self.down_event = anyio.Event()
+        self.change_event = anyio.Event()
+
+    async def on_elected(self, term: aioelect.Term) -> bool:
+        self.elected.append(term)
+        self.elected_at.append(time.monotonic())
+        self.elected_event.set()
+        if self.decline > 0:
+            self.decline -= 1
+            return False
+        return True
+
+    async def on_stepped_down(self, term: aioelect.Term) -> None:
+        self.stepped_down.append(term)
+        self.down_done_at.append(time.monotonic())
+        self.down_event.set()
+
+    async def on_leader_change(self, info: aioelect.LeaderInfo | None) -> None:
+        self.changes.append(info)
+        self.change_event.set()
+
+    def kwargs(self) -> dict[str, object]:
+        return {
+            "on_elected": self.on_elected,
+            "on_stepped_down": self.on_stepped_down,
+            "on_leader_change": self.on_leader_change,
+        }
+
+    async def wait_elected(self, n: int = 1) -> None:
+        with anyio.fail_after(15):
+            while len(self.elected) < n:
+                self.elected_event = anyio.Event()
+                if len(self.elected) >= n:
+                    break
+                await self.elected_event.wait()
+
+    async def wait_change(self, pred) -> None:  # type: ignore[no-untyped-def]
+        with anyio.fail_after(15):
+            while not any(pred(c) for c in self.changes):
+                self.change_event = anyio.Event()
+                await self.change_event.wait()
+
+
+async def test_run_elects_then_stop_steps_down(
+    make_elector: ElectorFactory, raw: Connection
+) -> None:
+    """run() campaigns and leads; stop() calls on_stepped_down, resigns and returns."""
+    a = await make_elector()
+    rec = Recorder("a")
+    lead = a.leadership("job", "a", **rec.kwargs())  # type: ignore[arg-type]
+    assert repr(lead) == "<Leadership 'job' FOLLOWER>"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lead.run)
+        await rec.wait_elected()
+        assert lead.is_leader
+        assert lead.check()
+        term = lead.term
+        assert term is not None
+        assert f"LEADER token={term.token}" in repr(lead)
+        assert await lead.current_leader() == (b"a", term.token)
+        lease = lead.get_lease()
+        assert lease is not None
+        assert lease.id == term.lease_id
+        assert 0 < lease.expires_in() <= a.config.renew_deadline
+        assert not lease.is_expired()
+        lead.stop()
+    assert rec.stepped_down == rec.elected
+    assert not lead.is_leader
+    assert lead.get_lease() is None
+    assert await keys_under(raw, a.prefix + "/") == []
+
+
+async def test_decline_resigns_and_campaigns_again(make_elector: ElectorFactory) -> None:
+    """on_elected returning False resigns, lets others lead, and campaigns again later."""
+    a = await make_elector()
+    b = await make_elector()
+    rec_a = Recorder("a", decline=1)
+    rec_b = Recorder("b")
+    lead_a = a.leadership("job", "a", **rec_a.kwargs())  # type: ignore[arg-type]
+    lead_b = b.leadership("job", "b", **rec_b.kwargs())  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lead_a.run)
+        await rec_a.wait_elected()
+        tg.start_soon(lead_b.run)
+        await rec_b.wait_elected()
+        assert len(rec_a.stepped_down) == 1
+        lead_b.stop()
+        await rec_a.wait_elected(2)
+        assert lead_a.is_leader
+        lead_a.stop()
+    assert len(rec_a.elected) == len(rec_a.stepped_down) == 2
+
+
+async def test_observe_only_reports_leaders_without_campaigning(
+    make_elector: ElectorFactory, raw: Connection
+) -> None:
+    """campaign=False reports every leader change (value, proclaim, vacancy) and writes nothing."""
+    a = await make_elector()
+    b = await make_elector()
+    rec = Recorder("b")
+    watcher = b.leadership("job", "b", campaign=False, **rec.kwargs())  # type: ignore[arg-type]
+    assert "OBSERVER" in repr(watcher)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watcher.run)
+        await rec.wait_change(lambda c: c is None)
+        async with a.hold("job", "a1") as term:
+            await rec.wait_change(lambda c: c is not None and c.value == b"a1")
+            await term.proclaim("a2")
+            await rec.wait_change(lambda c: c is not None and c.value == b"a2")
+            assert [kv.value for kv in await keys_under(raw, a.prefix + "/")] == [b"a2"]
+        await rec.wait_change(
+            lambda c: c is None and rec.changes.index(None) < len(rec.changes) - 1
+        )
+        watcher.stop()
+    assert rec.elected == []
+    values = [c.value if c else None for c in rec.changes]
+    assert values == [None, b"a1", b"a2", None]
+
+
+@pytest.mark.parametrize("barrier", [True, False])
+async def test_handover_barrier_orders_callbacks(
+    make_elector: ElectorFactory, barrier: bool
+) -> None:
+    """With the barrier the successor's on_elected starts after the predecessor's
+    on_stepped_down returned; without it the successor is elected meanwhile."""
+    a = await make_elector(ttl=5)
+    b = await make_elector(ttl=5)
+    rec_b = Recorder("b")
+    a_elected = anyio.Event()
+    a_down_started: list[float] = []
+    a_down_done: list[float] = []
+    b_was_elected_during_a_down: list[bool] = []
+
+    async def a_on_elected(term: aioelect.Term) -> None:
+        a_elected.set()
+
+    async def a_on_stepped_down(term: aioelect.Term) -> None:
+        a_down_started.append(time.monotonic())
+        if barrier:
+            await anyio.sleep(0.2)  # simulated clean-up work
+        else:
+            with anyio.fail_after(5):
+                await rec_b.elected_event.wait()  # the key went first
+        b_was_elected_during_a_down.append(bool(rec_b.elected))
+        a_down_done.append(time.monotonic())
+
+    lead_a = a.leadership(
+        "job", "a", on_elected=a_on_elected, on_stepped_down=a_on_stepped_down,
+        handover_barrier=barrier,
+    )  # fmt: skip
+    lead_b = b.leadership("job", "b", handover_barrier=barrier, **rec_b.kwargs())  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lead_a.run)
+        await a_elected.wait()
+        tg.start_soon(lead_b.run)
+        await eventually(lambda: _n_candidates(a, 2), what="b queued")
+        lead_a.stop()
+        await rec_b.wait_elected()
+        lead_b.stop()
+    if barrier:
+        assert b_was_elected_during_a_down == [False]
+        assert rec_b.elected_at[0] >= a_down_done[0]
+    else:
+        assert b_was_elected_during_a_down == [True]
+        assert rec_b.elected_at[0] < a_down_done[0]
+
+
+async def _n_candidates(elector: aioelect.Elector, n: int) -> bool:
+    return len(await elector.candidates("job")) == n
+
+
+async def test_transfer_to_each_of_five_candidates(make_elector: ElectorFactory) -> None:
+    """change_leader_to() hands leadership to any live candidate, in mixed order."""
+    electors = [await make_elector(ttl=5) for _ in range(5)]
+    recs = [Recorder(f"n{i}") for i in range(5)]
+    leads = [
+        e.leadership("job", f"n{i}", handover_barrier=False, **r.kwargs())  # type: ignore[arg-type]
+        for i, (e, r) in enumerate(zip(electors, recs, strict=True))
+    ]
+    async with anyio.create_task_group() as tg:
+        for i, lead in enumerate(leads):
+            tg.start_soon(lead.run)
+            await eventually(lambda n=i + 1: _n_candidates(electors[0], n), what="queued")
+        await recs[0].wait_elected()
+        current = 0
+        for target in [3, 1, 4, 0, 2]:
+            if target == current:
+                continue
+            counts = [len(r.elected) for r in recs]
+            await leads[current].change_leader_to(f"n{target}")
+            await recs[target].wait_elected(counts[target] + 1)
+            assert leads[target].is_leader
+            leader = await electors[0].leader("job")
+            assert leader is not None
+            assert leader.value == f"n{target}".encode()
+            others = [
+                len(r.elected) - c
+                for i, (r, c) in enumerate(zip(recs, counts, strict=True))
+                if i != target
+            ]
+            assert others == [0, 0, 0, 0], "only the target may be elected"
+            current = target
+        for lead in leads:
+            lead.stop()
+
+
+async def test_transfer_to_unknown_value_raises(make_elector: ElectorFactory) -> None:
+    """Transferring to a value no live candidate has raises NoSuchCandidate; still leader."""
+    a = await make_elector()
+    async with a.hold("job", "a") as term:
+        with pytest.raises(aioelect.NoSuchCandidate):
+            await term.transfer("nobody")
+        assert term.is_valid
+    lead = a.leadership("job", "a")
+    with pytest.raises(aioelect.NotLeader):
+        await lead.change_leader_to("x")
+
+
+async def test_transfer_target_dies_normal_order_resumes(
+    make_elector: ElectorFactory, raw: Connection
+) -> None:
+    """If the transfer target never takes over (its process died), the others resume the
+    normal order once its lease is gone, within about one TTL."""
+    a = await make_elector(ttl=2)
+    b = await make_elector(ttl=2)
+    dead_lease, _ = await raw.grant(2)  # a candidate whose process just died: no keepalives
+    b_won = anyio.Event()
+    won_tokens: list[int] = []
+
+    async def follower() -> None:
+        async with b.hold("job", "b") as term_b:
+            won_tokens.append(term_b.token)
+            b_won.set()
+
+    async with anyio.create_task_group() as tg:
+        async with a.hold("job", "a") as term_a:
+            tg.start_soon(follower)
+            await eventually(lambda: _n_candidates(a, 2), what="b queued")
+            dead_key = candidate_key(a.prefix, "job", dead_lease)
+            dead = await raw.txn([], [raw.op_put(dead_key, b"dead", dead_lease)])
+            await term_a.transfer("dead")
+        transferred_at = time.monotonic()
+        with anyio.fail_after(a.ttl * 3):
+            await b_won.wait()
+        waited = time.monotonic() - transferred_at
+    assert won_tokens[0] > dead.header.revision  # b stepped to the back behind the target
+    assert (await raw.range(dead_key)).kvs == []  # and won only once the target was gone
+    assert waited < a.ttl + 1.5
+
+
+async def test_two_leaderships_of_one_elector(make_elector: ElectorFactory) -> None:
+    """One elector leads two elections at once on its one lease."""
+    a = await make_elector()
+    r1, r2 = Recorder("one"), Recorder("two")
+    l1 = a.leadership("one", "a", **r1.kwargs())  # type: ignore[arg-type]
+    l2 = a.leadership("two", "a", **r2.kwargs())  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(l1.run)
+        tg.start_soon(l2.run)
+        await r1.wait_elected()
+        await r2.wait_elected()
+        assert l1.is_leader
+        assert l2.is_leader
+        assert r1.elected[0].lease_id == r2.elected[0].lease_id
+        l1.stop()
+        l2.stop()
+
+
+async def test_do_if_leader_refused_after_term_ended(
+    make_elector: ElectorFactory, raw: Connection
+) -> None:
+    """do_if_leader works while leading and raises NotLeader once the term ended."""
+    a = await make_elector()
+    rec = Recorder("a")
+    lead = a.leadership("job", "a", **rec.kwargs())  # type: ignore[arg-type]
+    tx = a.client.transactions
+    key = f"{a.prefix}-data/z".encode()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lead.run)
+        await rec.wait_elected()
+        ok, _ = await lead.do_if_leader(success=[tx.put(key, b"1")])
+        assert ok
+        lead.stop()
+    with pytest.raises(aioelect.NotLeader):
+        await lead.do_if_leader(success=[tx.put(key, b"2")])
+    assert (await raw.range(key)).kvs[0].value == b"1"
+    await raw.txn([], [raw.op_delete(key)])
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("which", ["on_elected", "on_stepped_down"])
+async def test_callback_exception_propagates_after_resign(
+    make_elector: ElectorFactory, raw: Connection, which: str
+) -> None:
+    """An exception in a callback propagates out of run(), after the term was resigned."""
+    a = await make_elector()
+    seen_down: list[aioelect.Term] = []
+
+    async def on_elected(term: aioelect.Term) -> None:
+        if which == "on_elected":
+            raise Boom("elected")
+        lead.stop()
+
+    async def on_stepped_down(term: aioelect.Term) -> None:
+        seen_down.append(term)
+        if which == "on_stepped_down":
+            raise Boom("down")
+
+    lead = a.leadership("job", "a", on_elected=on_elected, on_stepped_down=on_stepped_down)
+    with pytest.raises(Boom):
+        await lead.run()
+    assert len(seen_down) == 1
+    assert await keys_under(raw, a.prefix + "/") == []
+
+
+async def test_reclaim_stale_key_of_previous_incarnation(
+    make_elector: ElectorFactory, raw: Connection
+) -> None:
+    """With reclaim_stale, a restarted node removes its old key instead of waiting its TTL."""
+    a = await make_elector()
+    stale_lease, _ = await raw.grant(60)  # the previous incarnation's lease, still alive
+    stale_key = candidate_key(a.prefix, "job", stale_lease)
+    await raw.txn([], [raw.op_put(stale_key, b"node-1", stale_lease)])
+    rec = Recorder("a")
+    lead = a.leadership("job", "node-1", reclaim_stale=True, **rec.kwargs())  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lead.run)
+        with anyio.fail_after(5):  # far below the stale lease's 60 s
+            await rec.wait_elected()
+        lead.stop()
+    assert (await raw.range(stale_key)).kvs == []
+    await raw.revoke(stale_lease)
+
+
+async def test_without_reclaim_stale_key_blocks(
+    make_elector: ElectorFactory, raw: Connection
+) -> None:
+    """Without reclaim_stale, a stale key with our value keeps leading (values may repeat)."""
+    a = await make_elector()
+    stale_lease, _ = await raw.grant(60)
+    stale_key = candidate_key(a.prefix, "job", stale_lease)
+    await raw.txn([], [raw.op_put(stale_key, b"node-1", stale_lease)])
+    rec = Recorder("a")
+    lead = a.leadership("job", "node-1", **rec.kwargs())  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lead.run)
+        await eventually(lambda: _n_candidates(a, 2), what="queued behind the stale key")
+        assert rec.elected == []
+        lead.stop()
+    await raw.revoke(stale_lease)
+
+
+async def test_leader_lease_close_ends_the_term(make_elector: ElectorFactory) -> None:
+    """LeaderLease.close() revokes the lease: the term ends and on_stepped_down runs."""
+    a = await make_elector()
+    rec = Recorder("a")
+    lead = a.leadership("job", "a", **rec.kwargs())  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lead.run)
+        await rec.wait_elected()
+        lease = lead.get_lease()
+        assert lease is not None
+        await lease.close()
+        assert lease.is_expired()
+        with anyio.fail_after(5):
+            await rec.down_event.wait()
+        lead.stop()
+    assert rec.stepped_down[0] is rec.elected[0]
