@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -77,22 +78,31 @@ def etcd(request: pytest.FixtureRequest) -> Iterator[EtcdServer]:
         if not eps:
             raise pytest.UsageError("--aioelect-backend=env needs AIOELECT_TEST_ENDPOINTS")
         yield EtcdServer(eps, "env")
-    elif backend == "docker":
+        return
+    if backend == "docker":
         from ._docker import DockerEtcd
 
         container = DockerEtcd(image=request.config.getoption("--aioelect-etcd-image"))
-        container.start()
         try:
-            yield EtcdServer([container.endpoint], "docker")
-        finally:
+            container.start()
+        except Exception as exc:
             container.cleanup()
-    else:
-        proc = EtcdProcess(heartbeat_ms=10, election_ms=100)
-        try:
-            proc.start()
-            yield EtcdServer([proc.endpoint], "embedded", proc)
-        finally:
-            proc.cleanup()
+            if request.config.getoption("--aioelect-backend") != "auto":
+                raise
+            # auto: an engine answered but could not run the image; use the binary.
+            sys.stderr.write(f"aioelect: docker backend unusable ({exc}); using embedded etcd\n")
+        else:
+            try:
+                yield EtcdServer([container.endpoint], "docker")
+            finally:
+                container.cleanup()
+            return
+    proc = EtcdProcess(heartbeat_ms=10, election_ms=100)
+    try:
+        proc.start()
+        yield EtcdServer([proc.endpoint], "embedded", proc)
+    finally:
+        proc.cleanup()
 
 
 @pytest.fixture

@@ -1,0 +1,115 @@
+"""Nox sessions: ``nox -s lint``, ``nox -s typing``, ``nox -s tests`` (all Pythons) or
+``nox -s tests-3.12``, ``nox -s examples``. Arguments after ``--`` go to pytest.
+
+The interpreters are found on PATH or through pyenv (any installed 3.10-3.13);
+a missing one makes its session fail (``nox --no-error-on-missing-interpreters``
+skips it instead)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "typing", "tests", "examples"]
+
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+ROOT = Path(__file__).resolve().parent
+
+
+def _use_pyenv_pythons() -> None:
+    """Let nox find every pyenv-installed Python of PYTHONS, not only pyenv's global one.
+
+    pyenv's shims answer only for the active versions: make the latest
+    installed patch of each wanted minor active too (after the global ones, so
+    ``python3`` is unchanged), and append their bin folders to PATH for a
+    shell without the shims. Does nothing without pyenv or with PYENV_VERSION set.
+    """
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    versions = root / "versions"
+    if "PYENV_VERSION" in os.environ or not versions.is_dir():
+        return
+    installed = sorted(
+        (d.name for d in versions.iterdir() if re.fullmatch(r"\d+\.\d+\.\d+", d.name)),
+        key=lambda v: tuple(int(x) for x in v.split(".")),
+    )
+    picks = [
+        [v for v in installed if v.startswith(f"{minor}.")][-1]
+        for minor in PYTHONS
+        if any(v.startswith(f"{minor}.") for v in installed)
+    ]
+    if not picks:
+        return
+    try:
+        active = (root / "version").read_text().split()
+    except OSError:
+        active = ["system"]
+    os.environ["PYENV_ROOT"] = str(root)
+    os.environ["PYENV_VERSION"] = ":".join(dict.fromkeys([*active, *picks]))
+    bins = [str(versions / v / "bin") for v in picks]
+    os.environ["PATH"] = os.pathsep.join([os.environ.get("PATH", ""), *bins])
+
+
+_use_pyenv_pythons()
+
+
+def _pyproject() -> dict[str, Any]:
+    """pyproject.toml as a dict (empty when nox runs on Python 3.10, without tomllib)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        with open(ROOT / "pyproject.toml", "rb") as f:
+            return tomllib.load(f)
+    return {}
+
+
+def _extras_with(*extras: str) -> str:
+    """``.[extras]`` keeping only the extras that pyproject.toml defines."""
+    defined = _pyproject().get("project", {}).get("optional-dependencies")
+    wanted = [e for e in extras if defined is None or e in defined]
+    return f".[{','.join(wanted)}]" if wanted else "."
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    """mypy --strict on the package (settings in pyproject.toml)."""
+    session.install("-e", ".[test]", "mypy>=1.11")
+    # The configured paths that exist (mypy stops on a missing one).
+    files = _pyproject().get("tool", {}).get("mypy", {}).get("files", [])
+    paths = [p for p in files if (ROOT / p).exists()]
+    session.run("mypy", *(session.posargs or paths))
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The test suite on one Python version."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+EXAMPLES_TESTS = ROOT / "tests" / "test_examples.py"
+
+
+# No venv to make when there is nothing to run.
+@nox.session(venv_backend="venv" if EXAMPLES_TESTS.exists() else "none")
+def examples(session: nox.Session) -> None:
+    """The tests that run the examples, when they exist."""
+    test_file = EXAMPLES_TESTS
+    if not test_file.exists():
+        session.skip(f"{test_file.relative_to(ROOT)} does not exist yet")
+    session.install("-e", _extras_with("test", "examples"))
+    session.run("python", "-m", "pytest", str(test_file), *session.posargs)
