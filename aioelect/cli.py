@@ -1,0 +1,308 @@
+"""The ``aioelect`` command line: run a command on exactly one host, and look at elections.
+
+::
+
+    aioelect [global options] run NAME VALUE [--grace S] -- CMD [ARG...]
+    aioelect [global options] observe NAME [--json]
+    aioelect [global options] leader NAME
+    aioelect [global options] candidates NAME [--json]
+    aioelect demo
+
+Global options come before the subcommand; each has an ``AIOELECT_*`` env var
+(``--endpoints`` / ``AIOELECT_ENDPOINTS`` and so on). ``python -m aioelect`` is
+the same program.
+
+Exit codes: ``run`` exits with CMD's code; 75 when leadership was lost while
+CMD ran (CMD was stopped); 128+N when stopped by signal N before being
+elected. ``leader`` exits 1 when the election is vacant. 2 means bad usage,
+69 that etcd was unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ._config import check_name
+from ._connection import TLSConfig
+from ._elector import Elector
+from ._exceptions import AioelectError, ConfigError, EtcdUnavailable, LeadershipLost
+from ._models import LeaderInfo
+
+__all__ = ("main",)
+
+EXIT_LOST = 75
+EXIT_UNAVAILABLE = 69
+EXIT_USAGE = 2
+
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"AIOELECT_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (global options, then a subcommand)."""
+    p = argparse.ArgumentParser(
+        prog="aioelect",
+        description="Leader election on etcd: run a command on exactly one host, "
+        "or look at who leads.",
+    )
+    p.add_argument(
+        "--endpoints",
+        default=_env("ENDPOINTS", "127.0.0.1:2379"),
+        help="etcd endpoints, comma-separated (env AIOELECT_ENDPOINTS; default %(default)s)",
+    )
+    p.add_argument(
+        "--prefix",
+        default=_env("PREFIX", "/aioelect"),
+        help="key prefix of the elections (env AIOELECT_PREFIX; default %(default)s)",
+    )
+    p.add_argument(
+        "--ttl",
+        type=int,
+        default=int(_env("TTL", "10") or 10),
+        help="session lease TTL in seconds (env AIOELECT_TTL; default %(default)s)",
+    )
+    p.add_argument("--cacert", default=_env("CACERT"), help="CA file for TLS (env AIOELECT_CACERT)")
+    p.add_argument("--cert", default=_env("CERT"), help="client certificate (env AIOELECT_CERT)")
+    p.add_argument("--key", default=_env("KEY"), help="client key (env AIOELECT_KEY)")
+    p.add_argument("--user", default=_env("USER_NAME"), help="etcd user (env AIOELECT_USER_NAME)")
+    p.add_argument(
+        "--password", default=_env("PASSWORD"), help="etcd password (env AIOELECT_PASSWORD)"
+    )
+    p.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", "WARNING"),
+        help="log level of the 'aioelect' logger (env AIOELECT_LOG_LEVEL; default %(default)s)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run CMD only while leading NAME")
+    run.add_argument("name")
+    run.add_argument("value")
+    run.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds between SIGTERM and SIGKILL when CMD must stop (default %(default)s)",
+    )
+    run.add_argument("cmd", nargs="*", metavar="-- CMD [ARG...]", help="the command to run")
+
+    obs = sub.add_parser("observe", help="print every change of NAME's leader until stopped")
+    obs.add_argument("name")
+    obs.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    lead = sub.add_parser("leader", help="print the leader's value (exit 1 when vacant)")
+    lead.add_argument("name")
+
+    cands = sub.add_parser("candidates", help="list the candidates, leader first")
+    cands.add_argument("name")
+    cands.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    demo = sub.add_parser("demo", help="three candidates on an embedded etcd, with failovers")
+    demo.add_argument("--plain", action="store_true", help="plain lines, no live view")
+    return p
+
+
+def _elector(args: argparse.Namespace) -> Elector:
+    tls: TLSConfig | None = None
+    if args.cacert or args.cert or args.key:
+        tls = TLSConfig(ca_file=args.cacert, cert_file=args.cert, key_file=args.key)
+    return Elector(
+        endpoints=args.endpoints,
+        prefix=args.prefix,
+        ttl=args.ttl,
+        tls=tls,
+        username=args.user,
+        password=args.password,
+    )
+
+
+def _info_dict(info: LeaderInfo | Any) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "value": info.value.decode(errors="replace"),
+        "token": info.token,
+        "key": info.key.decode(errors="replace"),
+        "lease": f"{info.lease_id:x}",
+    }
+
+
+async def _cmd_leader(args: argparse.Namespace) -> int:
+    async with _elector(args) as elector:
+        info = await elector.leader(args.name)
+    if info is None:
+        print(f"election {args.name!r} has no leader", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(info.value + b"\n")
+    return 0
+
+
+async def _cmd_candidates(args: argparse.Namespace) -> int:
+    async with _elector(args) as elector:
+        for c in await elector.candidates(args.name):
+            if args.json:
+                print(json.dumps(_info_dict(c)))
+            else:
+                print(f"{c.value.decode(errors='replace')}\ttoken={c.token}\t{c.key.decode()}")
+    return 0
+
+
+async def _stop_on_signal(scope: anyio.CancelScope, got: list[int]) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            got.append(int(signum))
+            scope.cancel()
+            return
+
+
+async def _cmd_observe(args: argparse.Namespace) -> int:
+    got: list[int] = []
+    async with _elector(args) as elector, anyio.create_task_group() as tg:
+        tg.start_soon(_stop_on_signal, tg.cancel_scope, got)
+        async with elector.observe(args.name) as leaders:
+            async for info in leaders:
+                if args.json:
+                    print(json.dumps(_info_dict(info) if info else None), flush=True)
+                elif info is None:
+                    print("vacant", flush=True)
+                else:
+                    value = info.value.decode(errors="replace")
+                    print(f"leader {value} token={info.token}", flush=True)
+        tg.cancel_scope.cancel()
+    return 0
+
+
+async def _stop_child(proc: anyio.abc.Process, grace: float) -> None:
+    if proc.returncode is not None:
+        return
+    proc.terminate()
+    with anyio.move_on_after(grace):
+        await proc.wait()
+        return
+    proc.kill()
+    await proc.wait()
+
+
+class _RunState:
+    """What the signal handler of ``run`` needs: the child, or the scope of the wait."""
+
+    def __init__(self) -> None:
+        self.proc: anyio.abc.Process | None = None
+        self.scope = anyio.CancelScope()
+        self.signals: list[int] = []
+
+
+async def _handle_signals(state: _RunState) -> None:
+    """Before CMD runs, a signal gives up the campaign; while it runs, it goes to CMD."""
+    with anyio.open_signal_receiver(*_FORWARDED) as signals:
+        async for signum in signals:
+            state.signals.append(int(signum))
+            if state.proc is None:
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    state.scope.cancel()
+            elif state.proc.returncode is None:
+                state.proc.send_signal(signum)
+
+
+async def _cmd_run(args: argparse.Namespace) -> int:
+    cmd = list(args.cmd)
+    if not cmd:
+        raise ConfigError("cmd", "give the command to run after '--'")
+    name = check_name(args.name)
+    log = logging.getLogger("aioelect")
+    state = _RunState()
+    code = EXIT_LOST
+    async with _elector(args) as elector, anyio.create_task_group() as tg:
+        tg.start_soon(_handle_signals, state)
+        with state.scope:
+            try:
+                async with elector.hold(name, args.value) as term:
+                    log.info("leading %r (token %d): starting %s", name, term.token, cmd)
+                    code = await _supervise(cmd, args.grace, term.token, state)
+            except LeadershipLost as exc:
+                print(f"aioelect: {exc}; command stopped", file=sys.stderr)
+                code = EXIT_LOST
+        tg.cancel_scope.cancel()
+    if state.scope.cancelled_caught and state.proc is None:
+        return 128 + (state.signals[0] if state.signals else int(signal.SIGTERM))
+    return code
+
+
+async def _supervise(cmd: list[str], grace: float, token: int, state: _RunState) -> int:
+    env = dict(os.environ, AIOELECT_TOKEN=str(token))
+    try:
+        proc = await anyio.open_process(
+            cmd, stdin=None, stdout=None, stderr=None, env=env, start_new_session=True
+        )
+    except OSError as exc:
+        print(f"aioelect: cannot start {cmd[0]!r}: {exc.strerror or exc}", file=sys.stderr)
+        return 127
+    state.proc = proc
+    try:
+        await proc.wait()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _stop_child(proc, grace)
+            await proc.aclose()
+    code = proc.returncode
+    assert code is not None
+    return code if code >= 0 else 128 - code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" is CMD, verbatim (its own options included).
+    cmd: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, cmd = argv[:i], argv[i + 1 :]
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        args.cmd = [*args.cmd, *cmd]
+    elif cmd:
+        parser.error(f"'{args.command}' takes no command after '--'")
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    commands = {
+        "run": _cmd_run,
+        "observe": _cmd_observe,
+        "leader": _cmd_leader,
+        "candidates": _cmd_candidates,
+    }
+    try:
+        if args.command == "demo":
+            from ._demo import run_demo
+
+            return anyio.run(run_demo, args.plain)
+        return anyio.run(commands[args.command], args)
+    except ConfigError as exc:
+        print(f"aioelect: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except EtcdUnavailable as exc:
+        print(f"aioelect: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except AioelectError as exc:
+        print(f"aioelect: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
