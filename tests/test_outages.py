@@ -144,3 +144,24 @@ async def test_compaction_while_observing(
             assert nxt is not None
             assert (nxt.value, nxt.token) == (b"c", term_c.token)
     assert b._mirror.resyncs >= 1
+
+
+async def test_observe_survives_etcd_restart(etcd_process: EtcdProcess) -> None:
+    """An observer keeps reporting leader changes after etcd was killed and restarted."""
+    ep = etcd_process.endpoint
+    async with (
+        aioelect.Elector(endpoints=ep, prefix="/o", ttl=3) as watcher,
+        aioelect.Elector(endpoints=ep, prefix="/o", ttl=3) as a,
+    ):
+        async with watcher.observe("job") as leaders:
+            it = aiter(leaders)
+            assert await anext(it) is None
+            etcd_process.kill()
+            await anyio.to_thread.run_sync(etcd_process.restart)
+            async with a.hold("job", "after-restart") as term:
+                with anyio.fail_after(15):
+                    info = await anext(it)
+                assert info is not None
+                assert (info.value, info.token) == (b"after-restart", term.token)
+            with anyio.fail_after(15):
+                assert await anext(it) is None
