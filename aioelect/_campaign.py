@@ -138,12 +138,9 @@ async def _wait_turn(
                 if term._ended is not None:
                     return None
                 record = view.transfer
-                if record is not None and record.value == key:
-                    # The transfer reached us: drop its record (and its lease).
-                    try:
-                        await conn.revoke(record.lease)
-                    except EtcdError as exc:
-                        log.debug("could not drop transfer record of %r: %s", view.name, exc)
+                if record is not None and record.value == key and elector._tg is not None:
+                    # The transfer reached us: drop its record (and its lease), in the background.
+                    elector._tg.start_soon(_drop_record, elector, view.name, record.lease)
                 return term
             if head is None or head.create_revision >= token:
                 return None  # our key is gone
@@ -162,6 +159,13 @@ async def _wait_turn(
             for unsubscribe in unsubscribes:
                 unsubscribe()
         rev = mirror.revision
+
+
+async def _drop_record(elector: Elector, name: str, lease_id: int) -> None:
+    try:
+        await elector._conn.revoke(lease_id)
+    except EtcdError as exc:
+        log.debug("could not drop the transfer record of %r: %s", name, exc)
 
 
 def _waker(event: anyio.Event) -> Callable[..., None]:
