@@ -27,7 +27,7 @@ import anyio
 
 from ._backoff import Backoff
 from ._connection import KV, Connection, WatchBatch, WatchStream
-from ._exceptions import EtcdError
+from ._exceptions import AuthenticationFailed, EtcdError
 from ._keys import TRANSFER_SUFFIX, prefix_range_end, split_key, split_transfer_key
 from ._models import LeaderInfo
 
@@ -276,6 +276,9 @@ class Mirror:
                     backoff.reset()
             except EtcdError as exc:
                 log.debug("watch of %r broke: %s; retrying", self.root, exc)
+                if isinstance(exc, AuthenticationFailed):
+                    with contextlib.suppress(EtcdError):
+                        await self._conn.reauthenticate()
                 await anyio.sleep(backoff.next())
             finally:
                 self._stream = None

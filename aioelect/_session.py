@@ -18,6 +18,7 @@ listener is told, and the elector grants a new one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ import anyio
 from ._backoff import Backoff
 from ._config import ElectorConfig
 from ._connection import Connection, KeepAliveStream, sleep_until
-from ._exceptions import EtcdError
+from ._exceptions import AuthenticationFailed, EtcdError
 
 __all__ = ("Session",)
 
@@ -124,6 +125,9 @@ class Session:
                         ttl = await stream.keepalive(self.lease_id)
                     except EtcdError as exc:
                         log.debug("keepalive of lease %x failed: %s", self.lease_id, exc)
+                        if isinstance(exc, AuthenticationFailed):
+                            with contextlib.suppress(EtcdError):
+                                await self._conn.reauthenticate()
                 if ttl is None:
                     self.failures += 1
                     if stream is not None:
