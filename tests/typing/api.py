@@ -1,0 +1,67 @@
+"""Exercises the public API under mypy --strict: fails type checking if the API drifts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import aioelect
+
+
+async def block_style(elector: aioelect.Elector) -> int:
+    async with elector.hold("scheduler", "worker-1") as term:
+        token: int = term.token
+        valid: bool = term.is_valid
+        left: float = term.expires_in()
+        await term.proclaim(b"worker-1b")
+        ok, _results = await term.transaction(compare=(), success=(), failure=())
+        assert valid or ok or left >= 0
+        return token
+
+
+async def callback_style(elector: aioelect.Elector) -> None:
+    async def on_elected(term: aioelect.Term) -> bool | None:
+        return None
+
+    async def on_stepped_down(term: aioelect.Term) -> None:
+        return None
+
+    async def on_leader_change(info: aioelect.LeaderInfo | None) -> None:
+        return None
+
+    leadership: aioelect.Leadership = elector.leadership(
+        "scheduler",
+        "worker-1",
+        on_elected=on_elected,
+        on_stepped_down=on_stepped_down,
+        on_leader_change=on_leader_change,
+        handover_barrier=False,
+    )
+    lease: aioelect.LeaderLease | None = leadership.get_lease()
+    current: tuple[bytes, int] | None = await leadership.current_leader()
+    leadership.stop()
+    await leadership.run()
+    del lease, current
+
+
+async def observation(elector: aioelect.Elector) -> list[bytes]:
+    leader: aioelect.LeaderInfo | None = await elector.leader("scheduler")
+    names: list[aioelect.CandidateInfo] = await elector.candidates("scheduler")
+    async with elector.observe("scheduler") as leaders:
+        async for info in leaders:
+            if info is None:
+                break
+    stats: aioelect.ElectorStatistics = elector.statistics()
+    assert stats.terms_won >= 0 and leader is None
+    return [c.value for c in names]
+
+
+def construction() -> list[aioelect.Elector]:
+    return [
+        aioelect.Elector(endpoints="127.0.0.1:2379", ttl=timedelta(seconds=5)),
+        aioelect.Elector(
+            endpoints=["https://a:2379", "https://b:2379"],
+            tls=aioelect.TLSConfig(ca_file="ca.pem"),
+            renew_deadline=3.0,
+        ),
+        aioelect.Elector.embedded(ttl=1, election_timeout=0.1),
+    ]
