@@ -17,7 +17,7 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "typing", "tests", "examples"]
+nox.options.sessions = ["lint", "typing", "docs", "tests", "examples"]
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 ROOT = Path(__file__).resolve().parent
@@ -92,6 +92,13 @@ def typing(session: nox.Session) -> None:
     files = _pyproject().get("tool", {}).get("mypy", {}).get("files", [])
     paths = [p for p in files if (ROOT / p).exists()]
     session.run("mypy", *(session.posargs or paths))
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The API reference from the docstrings (mkdocs + mkdocstrings), warnings as errors."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "-d", str(ROOT / "site"))
 
 
 @nox.session(python=PYTHONS)

@@ -74,7 +74,8 @@ class Elector:
             :class:`EtcdUnavailable` (default 10 s).
         tls: a :class:`TLSConfig` (CA, client certificate), or True for TLS
             with the system's CAs. ``https://`` endpoints imply TLS.
-        username, password: etcd user, for etcd with auth enabled.
+        username: etcd user, for etcd with auth enabled.
+        password: that user's password (never logged or shown in reprs).
 
     Raises:
         ConfigError: an argument is invalid (raised here, before any I/O).
