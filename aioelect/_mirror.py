@@ -19,7 +19,9 @@ for a progress notification when nothing else moves it).
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -151,7 +153,10 @@ class Mirror:
         self._range_end = prefix_range_end(root)
         self.views: dict[str, ElectionView] = {}
         self.revision = 0
-        self._rev_waiters: list[tuple[int, anyio.Event]] = []
+        # A heap of (revision, sequence, event): sync() waiters, woken in revision order.
+        self._rev_waiters: list[tuple[int, int, anyio.Event]] = []
+        self._waiter_seq = 0
+        self._progress_sent = -1.0
         self.leader_changes = 0
         self._stream: WatchStream | None = None
         self.resyncs = 0
@@ -201,14 +206,9 @@ class Mirror:
         if revision <= self.revision:
             return
         self.revision = revision
-        if self._rev_waiters:
-            keep = []
-            for rev, event in self._rev_waiters:
-                if rev <= revision:
-                    event.set()
-                else:
-                    keep.append((rev, event))
-            self._rev_waiters = keep
+        waiters = self._rev_waiters
+        while waiters and waiters[0][0] <= revision:
+            heapq.heappop(waiters)[2].set()
 
     def apply_batch(self, batch: WatchBatch) -> None:
         """Apply one watch response."""
@@ -240,15 +240,19 @@ class Mirror:
         if self.revision >= revision:
             return
         event = wake if wake is not None else anyio.Event()
-        self._rev_waiters.append((revision, event))
+        self._waiter_seq += 1
+        heapq.heappush(self._rev_waiters, (revision, self._waiter_seq, event))
         while self.revision < revision and not event.is_set():
             with anyio.move_on_after(0.05):
                 await event.wait()
             if self.revision >= revision or event.is_set():
                 return
-            # Nothing under the prefix moved the mirror: ask for a progress report.
+            # Nothing under the prefix moved the mirror: ask for a progress report
+            # (at most one per 50 ms, however many tasks wait).
             stream = self._stream
-            if stream is not None:
+            now = time.monotonic()
+            if stream is not None and now - self._progress_sent >= 0.05:
+                self._progress_sent = now
                 with contextlib.suppress(EtcdError):
                     await stream.request_progress()
             with anyio.move_on_after(0.25):
