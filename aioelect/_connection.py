@@ -26,6 +26,7 @@ import anyio.lowlevel
 import grpc
 import grpc.aio
 from aetcd import rpc
+from aetcd import transactions as _tx
 
 from ._config import duration
 from ._exceptions import (
@@ -140,6 +141,15 @@ def parse_endpoints(endpoints: object, field: str = "endpoints") -> tuple[Endpoi
     for item in items:
         if not isinstance(item, str) or not item:
             raise ConfigError(field, f"each endpoint must be a non-empty str, got {item!r}")
+        if "@" in item:
+            # Not echoed: it may hold a password.
+            raise ConfigError(
+                field,
+                "an endpoint must not contain user info (user:password@); "
+                "use username= and password=",
+            )
+        if any(c.isspace() for c in item):
+            raise ConfigError(field, f"endpoint {item!r} must not contain whitespace")
         text = item if "://" in item else "//" + item
         try:
             parts = urlsplit(text)
@@ -274,7 +284,12 @@ class _Client(aetcd.Client):  # type: ignore[misc]
             "grpc.keepalive_permit_without_calls": 1,
             "grpc.http2.max_pings_without_data": 0,
             "grpc.initial_reconnect_backoff_ms": 100,
-            "grpc.min_reconnect_backoff_ms": 100,
+            # grpc-core uses this as the minimum time a connection attempt may take
+            # (TCP, TLS and the HTTP/2 SETTINGS exchange), not as a backoff: at
+            # 100 ms, a link with a 200 ms round trip failed its first requests at
+            # once with "timed out before receiving SETTINGS frame". Other endpoints
+            # are still tried after 250 ms (pick_first's happy eyeballs).
+            "grpc.min_reconnect_backoff_ms": 5000,
             "grpc.max_reconnect_backoff_ms": 1000,
             "grpc.enable_retries": 0,
         }
@@ -641,6 +656,19 @@ class Connection:
         return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
 
     @staticmethod
+    def op_first(key: bytes, range_end: bytes) -> Any:
+        """A range op returning the key with the lowest create revision in the range."""
+        return rpc.RequestOp(
+            request_range=rpc.RangeRequest(
+                key=key,
+                range_end=range_end,
+                limit=1,
+                sort_target=rpc.RangeRequest.CREATE,
+                sort_order=rpc.RangeRequest.ASCEND,
+            )
+        )
+
+    @staticmethod
     def op_delete(key: bytes) -> Any:
         """A delete op of one key."""
         return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
@@ -654,14 +682,53 @@ class Connection:
             )
         )
 
-    def user_ops(self, ops: Sequence[Any]) -> list[Any]:
-        """Turn aetcd transaction operations (``client.transactions.put`` ...) into raw ops."""
-        return list(self._client._ops_to_requests(list(ops)))
+    def user_ops(self, ops: object, field: str = "success") -> list[Any]:
+        """Turn aetcd transaction operations (``client.transactions.put`` ...) into raw ops.
+
+        Raises:
+            ConfigError: ``ops`` is not a sequence of aetcd operations (names ``field``).
+        """
+        if isinstance(ops, (str, bytes)) or not isinstance(ops, Sequence):
+            raise ConfigError(
+                field, f"must be a list of aetcd operations, not {type(ops).__name__}"
+            )
+        allowed = (_tx.Put, _tx.Get, _tx.Delete, _tx.Txn)
+        for op in ops:
+            if not isinstance(op, allowed):
+                raise ConfigError(
+                    field,
+                    "each operation must be client.transactions.put/get/delete/txn(...), "
+                    f"not {type(op).__name__}",
+                )
+        try:
+            return list(self._client._ops_to_requests(list(ops)))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(field, f"invalid operation: {exc}") from exc
 
     @staticmethod
-    def user_compares(compares: Sequence[Any]) -> list[Any]:
-        """Turn aetcd compares (``client.transactions.value(k) == v`` ...) into raw ones."""
-        return [c.build_message() for c in compares]
+    def user_compares(compares: object, field: str = "compare") -> list[Any]:
+        """Turn aetcd compares (``client.transactions.value(k) == v`` ...) into raw ones.
+
+        Raises:
+            ConfigError: ``compares`` is not a sequence of aetcd compares (names ``field``).
+        """
+        if isinstance(compares, (str, bytes)) or not isinstance(compares, Sequence):
+            raise ConfigError(
+                field, f"must be a list of aetcd compares, not {type(compares).__name__}"
+            )
+        out = []
+        for c in compares:
+            if not isinstance(c, _tx.BaseCompare):
+                raise ConfigError(
+                    field,
+                    "each compare must be like client.transactions.value(key) == value, "
+                    f"not {type(c).__name__}",
+                )
+            try:
+                out.append(c.build_message())
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise ConfigError(field, f"invalid compare: {exc}") from exc
+        return out
 
     @staticmethod
     def txn_results(resp: Any) -> tuple[bool, list[Any]]:

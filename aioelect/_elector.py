@@ -26,7 +26,7 @@ from typing_extensions import Self
 from ._backoff import Backoff
 from ._campaign import campaign
 from ._config import Duration, ElectorConfig, check_name, check_prefix, to_bytes
-from ._connection import Connection, TLSConfig
+from ._connection import KV, Connection, TLSConfig
 from ._embedded import EmbeddedEtcd
 from ._exceptions import (
     AioelectError,
@@ -36,7 +36,7 @@ from ._exceptions import (
     EtcdUnavailable,
     LeadershipLost,
 )
-from ._keys import election_prefix, prefix_range_end
+from ._keys import election_prefix, prefix_range_end, transfer_key
 from ._leadership import Leadership, OnElected, OnLeaderChange, OnSteppedDown
 from ._mirror import Mirror, leader_info
 from ._models import CandidateInfo, ElectorStatistics, LeaderInfo
@@ -509,11 +509,23 @@ class Elector:
         """
         self._check_usable()
         name = check_name(name)
+        conn = self._conn
         eprefix = election_prefix(self.prefix, name)
-        result = await self._conn.range(
-            eprefix, prefix_range_end(eprefix), limit=1, sort_create="ascend"
+        record_key = transfer_key(self.prefix, name)
+        resp = await conn.txn(
+            [], [conn.op_first(eprefix, prefix_range_end(eprefix)), conn.op_get(record_key)]
         )
-        return leader_info(name, result.kvs[0]) if result.kvs else None
+        firsts = resp.responses[0].response_range.kvs
+        if not firsts:
+            return None
+        first = KV.from_pb(firsts[0])
+        records = resp.responses[1].response_range.kvs
+        if records and records[0].value != first.key:
+            # A transfer is under way: nobody leads until its target (if alive) is first.
+            target = await conn.range(records[0].value)
+            if target.kvs:
+                return None
+        return leader_info(name, first)
 
     async def candidates(self, name: str) -> list[CandidateInfo]:
         """Return the live candidates of election ``name`` in election order, leader first."""

@@ -105,6 +105,15 @@ class Leadership:
         self._elector = elector
         self.name = check_name(name)
         self.value = to_bytes(value)
+        if node_name is not None and not isinstance(node_name, str):
+            raise ConfigError("node_name", f"must be a str or None, not {type(node_name).__name__}")
+        for field, flag in (
+            ("campaign", campaign),
+            ("handover_barrier", handover_barrier),
+            ("reclaim_stale", reclaim_stale),
+        ):
+            if not isinstance(flag, bool):
+                raise ConfigError(field, f"must be True or False, not {flag!r}")
         self.node_name = node_name
         for field, cb in (
             ("on_elected", on_elected),
@@ -124,6 +133,7 @@ class Leadership:
         self._running = False
         self._wake = anyio.Event()
         self._campaign_scope: anyio.CancelScope | None = None
+        self._lead_scope: anyio.CancelScope | None = None
         self._transfer: KV | None = None
         self._transfer_done: anyio.Event | None = None
 
@@ -175,9 +185,10 @@ class Leadership:
     async def change_leader_to(self, value: str | bytes) -> None:
         """Hand leadership to the live candidate with ``value`` (see :meth:`Term.transfer`).
 
-        Steps down as on :meth:`stop` (honouring ``handover_barrier``), then
-        campaigns again at the back of the queue. Returns when the transfer
-        is recorded.
+        Steps down as on :meth:`stop` (honouring ``handover_barrier``; a
+        running ``on_elected`` is cancelled), then campaigns again at the back
+        of the queue. Returns when the transfer is recorded; called from
+        ``on_elected`` itself, that call is cancelled with it.
 
         Raises:
             NoSuchCandidate: no live candidate has that value.
@@ -188,16 +199,21 @@ class Leadership:
         done = anyio.Event()
         self._transfer, self._transfer_done = target, done
         self._wake.set()
+        if self._lead_scope is not None:
+            self._lead_scope.cancel()
         await done.wait()
 
     # -- the loop ---------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask :meth:`run` to step down (gracefully) and return."""
+        """Ask :meth:`run` to step down (gracefully, cancelling a running ``on_elected``)
+        and return."""
         self._stopped = True
         self._wake.set()
         if self._campaign_scope is not None:
             self._campaign_scope.cancel()
+        if self._lead_scope is not None:
+            self._lead_scope.cancel()
 
     async def run(self) -> None:
         """Campaign, lead, step down and campaign again until :meth:`stop` or cancellation.
@@ -283,6 +299,9 @@ class Leadership:
         term._on_end.append(lambda _t, _r: self._wake.set())
         declined = False
         scope = term._scope()
+        self._lead_scope = scope
+        if self._stopped or self._transfer is not None:
+            scope.cancel()
         try:
             try:
                 with scope:
@@ -294,9 +313,11 @@ class Leadership:
                         self._wake = anyio.Event()
                         await self._wake.wait()
             except asyncio.CancelledError:
-                if not (scope.cancel_called and cancellation_was_ours(term)):
+                ours = cancellation_was_ours(term) or self._stopped or self._transfer is not None
+                if not (scope.cancel_called and ours):
                     raise
         finally:
+            self._lead_scope = None
             term._scopes.discard(scope)
             with anyio.CancelScope(shield=True):
                 await self._step_down(term)
@@ -306,7 +327,9 @@ class Leadership:
         target, done = self._transfer, self._transfer_done
         self._transfer = self._transfer_done = None
         try:
-            if self.handover_barrier and term.is_valid:
+            if not term.is_valid or self.handover_barrier:
+                # Forced (the term already ended: stop work first, the key is gone or
+                # dying), or graceful with the barrier (the successor waits for us).
                 try:
                     await self._stepped_down(term)
                 finally:

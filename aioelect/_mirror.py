@@ -74,10 +74,17 @@ class ElectionView:
         self._leader: KV | None = None
 
     def leader(self) -> KV | None:
-        """The candidate with the lowest create revision, or None."""
-        for kv in self.kvs.values():
-            return kv
-        return None
+        """The candidate with the lowest create revision, or None.
+
+        While a transfer is under way (its target alive but not yet first),
+        nobody leads: None.
+        """
+        first = next(iter(self.kvs.values()), None)
+        if first is not None and self.transfer is not None:
+            target = self.kvs.get(self.transfer.value)
+            if target is not None and target.key != first.key:
+                return None
+        return first
 
     def transfer_target(self) -> KV | None:
         """The live candidate a pending transfer hands leadership to, or None."""

@@ -133,9 +133,15 @@ class Term:
         """Whether this term still leads, checked against the clock now.
 
         False as soon as the session's renew deadline passes, even before the
-        event loop has run any timer, and after the term ended for any reason.
+        event loop has run any timer, as soon as :meth:`resign` or
+        :meth:`transfer` starts (before etcd has answered: the successor may
+        already lead), and after the term ended for any reason.
         """
-        return self._ended is None and time.monotonic() < self._session.valid_until
+        return (
+            self._ended is None
+            and not self._resigning
+            and time.monotonic() < self._session.valid_until
+        )
 
     @property
     def end_reason(self) -> str | None:
@@ -204,7 +210,9 @@ class Term:
         """
         conn = self._elector._conn
         inner = conn.txn_request(
-            conn.user_compares(compare), conn.user_ops(success), conn.user_ops(failure)
+            conn.user_compares(compare, "compare"),
+            conn.user_ops(success, "success"),
+            conn.user_ops(failure, "failure"),
         )
         self._check_valid()
         resp = await conn.txn([conn.cmp_create(self.key, self.token)], [inner])
