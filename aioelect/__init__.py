@@ -18,6 +18,8 @@ from ._exceptions import LeadershipLost as LeadershipLost
 from ._exceptions import NoSuchCandidate as NoSuchCandidate
 from ._exceptions import NotLeader as NotLeader
 from ._exceptions import PermissionDenied as PermissionDenied
+from ._health import Health as Health
+from ._health import health as health
 from ._leadership import LeaderLease as LeaderLease
 from ._leadership import Leadership as Leadership
 from ._models import CandidateInfo as CandidateInfo
@@ -40,6 +42,7 @@ __all__ = (
     "EmbeddedEtcd",
     "EtcdError",
     "EtcdUnavailable",
+    "Health",
     "LeaderInfo",
     "LeaderLease",
     "Leadership",
@@ -49,4 +52,5 @@ __all__ = (
     "PermissionDenied",
     "TLSConfig",
     "Term",
+    "health",
 )

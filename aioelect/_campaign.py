@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._backoff import Backoff
-from ._exceptions import EtcdError
+from ._exceptions import EtcdError, NotLeader
 from ._keys import candidate_key, election_prefix, prefix_range_end
 from ._mirror import ElectionView
 from ._session import Session
@@ -41,7 +41,7 @@ log = logging.getLogger("aioelect")
 
 
 async def campaign(
-    elector: Elector, name: str, value: bytes, *, reclaim_stale: bool = False
+    elector: Elector, name: str, value: bytes, *, reclaim_stale: bool = False, wait: bool = True
 ) -> Term:
     """Campaign until elected; return the (attached) term.
 
@@ -50,7 +50,8 @@ async def campaign(
     deleted, guarded by their create revision, instead of waiting out their TTL.
 
     Cancelling deletes the candidate key. Raises ElectorClosed when the
-    elector closes meanwhile.
+    elector closes meanwhile, and NotLeader (leaving no key) when ``wait`` is
+    False and another candidate comes first.
     """
     conn = elector._conn
     view = elector._mirror.view(name)
@@ -77,7 +78,9 @@ async def campaign(
                     await conn.txn(
                         [conn.cmp_create(key, token)], [conn.op_put(key, value, session.lease_id)]
                     )
-            term = await _wait_turn(elector, session, view, key, token, int(resp.header.revision))
+            term = await _wait_turn(
+                elector, session, view, key, token, int(resp.header.revision), wait
+            )
             if term is not None:
                 return term
             log.debug("campaign for %r: key %r gone or session lost; again", name, key)
@@ -103,7 +106,13 @@ async def _reclaim(elector: Elector, name: str, value: bytes, lease_id: int) -> 
 
 
 async def _wait_turn(
-    elector: Elector, session: Session, view: ElectionView, key: bytes, token: int, rev: int
+    elector: Elector,
+    session: Session,
+    view: ElectionView,
+    key: bytes,
+    token: int,
+    rev: int,
+    wait: bool = True,
 ) -> Term | None:
     conn = elector._conn
     mirror = elector._mirror
@@ -146,6 +155,11 @@ async def _wait_turn(
                 return None  # our key is gone
             rev = first.revision
             continue
+        if not wait:
+            raise NotLeader(
+                f"election {view.name!r} is held or awaited by {pred.value!r} (token "
+                f"{pred.create_revision})"
+            )
         wake = anyio.Event()
         unsubscribes: list[Callable[[], None]] = [
             session.on_lost(_waker(wake)),

@@ -143,6 +143,7 @@ class Elector:
         self._sessions_lost = 0
         self._keepalives = 0
         self._keepalive_failures = 0
+        self._latency_sum = 0.0
 
     @classmethod
     def embedded(
@@ -338,6 +339,7 @@ class Elector:
             finally:
                 self._keepalives += session.keepalives
                 self._keepalive_failures += session.failures
+                self._latency_sum += session.latency_sum
             self._sessions_lost += 1
             log.warning("session lease %x lost: %s", session.lease_id, session.lost_reason)
             self._tg.start_soon(self._revoke_quietly, session.lease_id)
@@ -391,7 +393,9 @@ class Elector:
             log.info("lost election %r (token %d): %s", term.name, term.token, reason)
 
     @asynccontextmanager
-    async def hold(self, name: str, value: str | bytes) -> AsyncIterator[Term]:
+    async def hold(
+        self, name: str, value: str | bytes, *, wait: bool = True
+    ) -> AsyncIterator[Term]:
         """Campaign in election ``name``, wait to be elected, and lead for the block.
 
         Usage::
@@ -406,8 +410,13 @@ class Elector:
         out of it. A normal exit, an exception or a cancellation resigns at
         once (shielded, bounded), freeing the election for the next candidate.
 
+        With ``wait=False`` it does not queue: if another candidate leads or
+        waits before us, it raises :class:`NotLeader` at once, leaving no key
+        (a try-lock, e.g. for cron jobs that should be skipped elsewhere).
+
         Raises:
             LeadershipLost: the term ended before the block did.
+            NotLeader: ``wait=False`` and another candidate came first.
             ConfigError: bad name or value, or this elector already campaigns
                 in this election.
             ElectorClosed: the elector is not open.
@@ -415,6 +424,8 @@ class Elector:
         self._check_usable()
         name = check_name(name)
         data = to_bytes(value)
+        if not isinstance(wait, bool):
+            raise ConfigError("wait", f"must be True or False, not {wait!r}")
         if name in self._busy:
             raise ConfigError(
                 "name", f"this Elector already campaigns in or leads election {name!r}"
@@ -423,7 +434,7 @@ class Elector:
         try:
             self._campaigns += 1
             try:
-                term = await campaign(self, name, data)
+                term = await campaign(self, name, data, wait=wait)
             finally:
                 self._campaigns -= 1
             self._track(term)
@@ -570,6 +581,10 @@ class Elector:
             self._observers.discard(observer)
             observer.close()
 
+    def terms(self) -> list[Term]:
+        """The terms this elector holds now (valid or about to be noticed as ended)."""
+        return [t for t in self._terms if t._ended is None]
+
     def statistics(self) -> ElectorStatistics:
         """Return a snapshot of the elector's counters."""
         session = self._session
@@ -586,6 +601,8 @@ class Elector:
             keepalive_failures=self._keepalive_failures
             + (session.failures if live and session else 0),
             keepalive_latency=session.latency if session is not None else None,
+            keepalive_latency_sum=self._latency_sum
+            + (session.latency_sum if live and session else 0.0),
             lease_expires_in=max(0.0, session.hard_deadline - time.monotonic())
             if live and session is not None
             else None,

@@ -49,6 +49,8 @@ class ElectorStatistics:
         keepalives: successful lease renewals.
         keepalive_failures: renewals that failed or timed out.
         keepalive_latency: round trip of the last renewal, in seconds.
+        keepalive_latency_sum: round trips of all successful renewals, added up
+            (with ``keepalives``, the mean; a Prometheus summary).
         lease_expires_in: seconds until etcd may expire the lease, at the latest
             (None without a live session).
         lease_id: the current session lease (None without one).
@@ -64,5 +66,6 @@ class ElectorStatistics:
     keepalives: int
     keepalive_failures: int
     keepalive_latency: float | None
+    keepalive_latency_sum: float
     lease_expires_in: float | None
     lease_id: int | None

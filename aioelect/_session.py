@@ -52,6 +52,7 @@ class Session:
         self.keepalives = 0
         self.failures = 0
         self.latency: float | None = None
+        self.latency_sum = 0.0
 
     @property
     def valid_until(self) -> float:
@@ -139,6 +140,7 @@ class Session:
                     self.mark_lost("lease expired (etcd answered TTL 0)")
                     return
                 self.latency = time.monotonic() - sent
+                self.latency_sum += self.latency
                 self.keepalives += 1
                 self._renewed_at = max(self._renewed_at, sent)
                 backoff.reset()

@@ -13,8 +13,9 @@ Global options come before the subcommand; each has an ``AIOELECT_*`` env var
 the same program.
 
 Exit codes: ``run`` exits with CMD's code; 75 when leadership was lost while
-CMD ran (CMD was stopped); 128+N when stopped by signal N before being
-elected. ``leader`` exits 1 when the election is vacant. 2 means bad usage,
+CMD ran (CMD's process group was stopped); 128+N when stopped by signal N
+before being elected; 0 without running CMD under ``--no-wait`` when another
+candidate was first. ``leader`` exits 1 when the election is vacant. 2 means bad usage,
 69 that etcd was unreachable.
 """
 
@@ -35,7 +36,13 @@ import anyio.abc
 from ._config import check_name
 from ._connection import TLSConfig
 from ._elector import Elector
-from ._exceptions import AioelectError, ConfigError, EtcdUnavailable, LeadershipLost
+from ._exceptions import (
+    AioelectError,
+    ConfigError,
+    EtcdUnavailable,
+    LeadershipLost,
+    NotLeader,
+)
 from ._models import LeaderInfo
 
 __all__ = ("main",)
@@ -91,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run CMD only while leading NAME")
     run.add_argument("name")
     run.add_argument("value")
+    run.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="if another candidate leads or waits first, exit 0 at once without running CMD",
+    )
     run.add_argument(
         "--grace",
         type=float,
@@ -184,14 +196,26 @@ async def _cmd_observe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _signal_group(proc: anyio.abc.Process, signum: int) -> None:
+    """Signal CMD's whole process group (it leads one: started in a new session)."""
+    if proc.returncode is not None:
+        return
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        pass
+    except PermissionError:  # pragma: no cover - the group changed hands
+        proc.send_signal(signal.Signals(signum))
+
+
 async def _stop_child(proc: anyio.abc.Process, grace: float) -> None:
     if proc.returncode is not None:
         return
-    proc.terminate()
+    _signal_group(proc, signal.SIGTERM)
     with anyio.move_on_after(grace):
         await proc.wait()
         return
-    proc.kill()
+    _signal_group(proc, signal.SIGKILL)
     await proc.wait()
 
 
@@ -212,8 +236,8 @@ async def _handle_signals(state: _RunState) -> None:
             if state.proc is None:
                 if signum in (signal.SIGTERM, signal.SIGINT):
                     state.scope.cancel()
-            elif state.proc.returncode is None:
-                state.proc.send_signal(signum)
+            else:
+                _signal_group(state.proc, signum)
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
@@ -228,9 +252,12 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         tg.start_soon(_handle_signals, state)
         with state.scope:
             try:
-                async with elector.hold(name, args.value) as term:
+                async with elector.hold(name, args.value, wait=not args.no_wait) as term:
                     log.info("leading %r (token %d): starting %s", name, term.token, cmd)
                     code = await _supervise(cmd, args.grace, term.token, state)
+            except NotLeader as exc:
+                print(f"aioelect: not run: {exc}", file=sys.stderr)
+                code = 0
             except LeadershipLost as exc:
                 print(f"aioelect: {exc}; command stopped", file=sys.stderr)
                 code = EXIT_LOST

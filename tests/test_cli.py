@@ -242,3 +242,60 @@ def test_demo_runs_and_ends_by_itself() -> None:
     assert "graceful handover" in text
     assert "crash failover" in text
     assert "demo done" in text
+
+
+def test_no_wait_skips_when_someone_leads(
+    etcd: EtcdServer, etcd_prefix: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """'run --no-wait' exits 0 at once without running its command when another host leads."""
+    marker, release, never = tmp_path / "m", tmp_path / "r", tmp_path / "never"
+    p1 = subprocess.Popen(
+        _cli(etcd, etcd_prefix, "run", "job", "a", "--", *_marker_cmd(marker, 0, release))
+    )
+    procs.append(p1)
+    _wait_for(marker)
+    skipped = subprocess.run(
+        _cli(etcd, etcd_prefix, "run", "--no-wait", "job", "b", "--", *_marker_cmd(never)),
+        capture_output=True,
+        timeout=30,
+    )
+    assert skipped.returncode == 0
+    assert b"not run" in skipped.stderr
+    assert not never.exists()
+    release.write_text("go")
+    assert p1.wait(20) == 0
+
+
+def test_lost_leadership_stops_the_whole_process_group(
+    etcd: EtcdServer, etcd_prefix: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """A shell wrapper's children are stopped too when the term ends (the group is signalled)."""
+    pidfile = tmp_path / "pid"
+    script = f"sleep 60 & echo $! > {pidfile}; wait"
+    p = subprocess.Popen(_cli(etcd, etcd_prefix, "run", "job", "a", "--", "sh", "-c", script))
+    procs.append(p)
+    _wait_for(pidfile)
+    deadline = time.monotonic() + 5
+    while not pidfile.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    grandchild = int(pidfile.read_text())
+    from aioelect._embedded import find_etcd_binary
+
+    subprocess.run(
+        [find_etcd_binary("etcdctl"), "--endpoints", etcd.endpoint, "del", "--prefix",
+         f"{etcd_prefix}/job/"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    assert p.wait(30) == 75
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        stat = Path(f"/proc/{grandchild}/stat")
+        if stat.exists() and stat.read_text().split()[2] == "Z":
+            break
+        assert time.monotonic() < deadline, "the grandchild survived"
+        time.sleep(0.02)

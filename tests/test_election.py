@@ -334,3 +334,19 @@ async def test_lost_term_with_aetcd_call_in_body_raises_leadership_lost(
             await raw.txn([], [raw.op_delete(term.key)])
             while True:
                 await a.client.get(b"/some/key")
+
+
+async def test_hold_without_waiting_is_a_try_lock(
+    make_elector: ElectorFactory, raw: Connection
+) -> None:
+    """hold(wait=False) leads at once when free, and raises NotLeader leaving no key when not."""
+    a = await make_elector()
+    b = await make_elector()
+    async with a.hold("job", "a", wait=False) as term:
+        with pytest.raises(aioelect.NotLeader, match="'a'"):
+            async with b.hold("job", "b", wait=False):
+                pytest.fail("must not lead")
+        assert [kv.key for kv in await keys_under(raw, a.prefix + "/")] == [term.key]
+    with pytest.raises(aioelect.ConfigError, match="wait"):
+        async with a.hold("job", "a", wait=1):  # type: ignore[arg-type]
+            pytest.fail("must not lead")
