@@ -50,7 +50,10 @@ def _rich_renderer(view: _View) -> tuple[Callable[[], None], object]:
     from rich.table import Table
 
     def build() -> Group:
-        table = Table(title=f"election 'demo' on embedded etcd {view.endpoint} (TTL {TTL} s)")
+        table = Table(
+            title=f"election 'demo' on embedded etcd {view.endpoint} (TTL {TTL} s)",
+            min_width=72,
+        )
         table.add_column("candidate")
         table.add_column("token", justify="right")
         table.add_column("role")
