@@ -78,9 +78,7 @@ async def campaign(
                     await conn.txn(
                         [conn.cmp_create(key, token)], [conn.op_put(key, value, session.lease_id)]
                     )
-            term = await _wait_turn(
-                elector, session, view, key, token, int(resp.header.revision), wait
-            )
+            term = await _wait_turn(elector, session, view, key, token, wait)
             if term is not None:
                 return term
             log.debug("campaign for %r: key %r gone or session lost; again", name, key)
@@ -111,24 +109,19 @@ async def _wait_turn(
     view: ElectionView,
     key: bytes,
     token: int,
-    rev: int,
     wait: bool = True,
 ) -> Term | None:
     conn = elector._conn
-    mirror = elector._mirror
     eprefix = election_prefix(elector.prefix, view.name)
     eend = prefix_range_end(eprefix)
+    if not await _see_own_key(elector, session, view, key, token):
+        return None
     while True:
-        wake = anyio.Event()
-        unsubscribe = session.on_lost(_waker(wake))
-        try:
-            await mirror.sync(rev, wake)
-        finally:
-            unsubscribe()
         if session.is_lost:
             return None
         own = view.kvs.get(key)
         if own is None or own.create_revision != token:
+            log.debug("campaign for %r: own key gone", view.name)
             return None
         target = view.transfer_target()
         if target is not None and target.key != key and token < target.create_revision:
@@ -152,8 +145,8 @@ async def _wait_turn(
                     elector._tg.start_soon(_drop_record, elector, view.name, record.lease)
                 return term
             if head is None or head.create_revision >= token:
-                return None  # our key is gone
-            rev = first.revision
+                log.debug("campaign for %r: confirm read shows our key gone", view.name)
+                return None
             continue
         if not wait:
             raise NotLeader(
@@ -172,7 +165,38 @@ async def _wait_turn(
         finally:
             for unsubscribe in unsubscribes:
                 unsubscribe()
-        rev = mirror.revision
+
+
+async def _see_own_key(
+    elector: Elector, session: Session, view: ElectionView, key: bytes, token: int
+) -> bool:
+    """Wait until the mirror holds our key with our token (its put event arrived).
+
+    Waits for the event itself, never for a revision alone: etcd before 3.5.8
+    may send a progress notification ahead of the events it covers (etcd
+    #15220). If the event has not come within a request timeout (a resync
+    may have skipped a key created and deleted meanwhile), a linearizable
+    read decides. Returns False when the key is gone or the session lost.
+    """
+    conn = elector._conn
+    while True:
+        own = view.kvs.get(key)
+        if own is not None and own.create_revision == token:
+            return True
+        if session.is_lost:
+            return False
+        wake = anyio.Event()
+        unsubscribes = [session.on_lost(_waker(wake)), view.listen_key(key, _waker(wake))]
+        try:
+            with anyio.move_on_after(conn.timeout) as waited:
+                await wake.wait()
+        finally:
+            for unsubscribe in unsubscribes:
+                unsubscribe()
+        if waited.cancelled_caught:
+            found = await conn.range(key)
+            if not found.kvs or found.kvs[0].create_revision != token:
+                return False
 
 
 async def _drop_record(elector: Elector, name: str, lease_id: int) -> None:

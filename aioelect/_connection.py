@@ -451,11 +451,17 @@ class RangeResult:
 class Connection:
     """A typed facade over one aetcd client (owned or the caller's)."""
 
+    #: Unary requests in flight at once. Thousands of campaigns started together
+    #: queue here instead of all timing out together in gRPC and etcd (and then all
+    #: retrying); the keepalive and watch streams are not limited.
+    MAX_IN_FLIGHT = 64
+
     def __init__(self, client: Any, *, endpoint_names: Sequence[str], owned: bool, timeout: float):
         self._client = client
         self.endpoint_names = tuple(endpoint_names)
         self.owned = owned
         self.timeout = timeout
+        self._in_flight: anyio.Semaphore | None = None
 
     @classmethod
     def create(
@@ -526,6 +532,12 @@ class Connection:
         return self.timeout if timeout is None else timeout
 
     async def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
+        if self._in_flight is None:
+            self._in_flight = anyio.Semaphore(self.MAX_IN_FLIGHT)
+        async with self._in_flight:
+            return await self._unary_now(method, request, timeout)
+
+    async def _unary_now(self, method: Any, request: Any, timeout: float | None) -> Any:
         with map_errors(self.endpoint_names):
             try:
                 return await grpc_await(

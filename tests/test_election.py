@@ -142,25 +142,25 @@ async def test_waiting_candidate_whose_key_vanished_never_wins_on_it(
     assert tokens[0] > old_b.token
 
 
-@pytest.mark.parametrize("point", ["txn", "sync", "confirm"])
+@pytest.mark.parametrize("point", ["txn", "own-key", "confirm"])
 async def test_cancel_at_each_await_point_leaves_no_key(
     make_elector: ElectorFactory, raw: Connection, point: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Cancelled at each await of the campaign (after its key exists), hold() leaves no key."""
-    from aioelect._mirror import Mirror
+    from aioelect import _campaign
 
     a = await make_elector()
     reached = anyio.Event()
     cls, attr = {
         "txn": (Connection, "txn"),
-        "sync": (Mirror, "sync"),
+        "own-key": (_campaign, "_see_own_key"),
         "confirm": (Connection, "range"),
     }[point]
     original = getattr(cls, attr)
 
-    async def gate(self: object, *args: object, **kwargs: object) -> object:
-        result = await original(self, *args, **kwargs)
-        if self is a._conn or self is a._mirror:
+    async def gate(first: object, *args: object, **kwargs: object) -> object:
+        result = await original(first, *args, **kwargs)
+        if first is a._conn or first is a:
             reached.set()
             await anyio.sleep_forever()
         return result
