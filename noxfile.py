@@ -120,3 +120,14 @@ def examples(session: nox.Session) -> None:
         session.skip(f"{test_file.relative_to(ROOT)} does not exist yet")
     session.install("-e", _extras_with("test", "examples"))
     session.run("python", "-m", "pytest", str(test_file), *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmarks (not a test): ``nox -s bench``, or ``nox -s bench -- --quick``.
+
+    Writes bench/RESULTS.md, bench/results.json and bench/results.png; arguments
+    after ``--`` go to bench/run.py (``--quick``, ``--profile``, ``--only floor,...``).
+    """
+    session.install("-e", _extras_with("test"), "matplotlib>=3.7", "py-spy>=0.3")
+    session.run("python", "bench/run.py", *session.posargs)
