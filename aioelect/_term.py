@@ -33,6 +33,7 @@ __all__ = ("Term",)
 log = logging.getLogger("aioelect")
 
 RESIGNED = "resigned"
+_DEADLINE_PASSED = "lease not renewed before renew_deadline"
 
 
 class Term:
@@ -102,6 +103,10 @@ class Term:
     def _end(self, reason: str) -> None:
         if self._ended is not None:
             return
+        if reason != RESIGNED and time.monotonic() >= self._session.valid_until:
+            # The deadline passed first (e.g. the process was paused): that is why
+            # the term ended, whatever was noticed first on waking up.
+            reason = _DEADLINE_PASSED
         self._ended = reason
         for unsubscribe in self._unsubscribe:
             unsubscribe()
@@ -147,7 +152,7 @@ class Term:
     def end_reason(self) -> str | None:
         """Why the term ended, or None while it lasts."""
         if self._ended is None and time.monotonic() >= self._session.valid_until:
-            return "lease not renewed before renew_deadline"
+            return _DEADLINE_PASSED
         return self._ended
 
     def expires_in(self) -> float:
