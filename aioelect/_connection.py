@@ -408,13 +408,22 @@ class WatchStream:
             )
         )
         self._started = False
+        # grpc.aio allows one write in flight per stream (a second one fails with
+        # INTERNAL and kills the stream); writes are also shielded, since a write
+        # cancelled half-way cancels the whole call.
+        self._write_lock = anyio.Lock()
+
+    async def _write(self, request: Any) -> None:
+        async with self._write_lock:
+            with anyio.CancelScope(shield=True):
+                await grpc_await(self._call.write(request))
 
     async def read(self) -> WatchBatch:
         """Wait for the next response (the first call also creates the watch)."""
         with map_errors(self._conn.endpoint_names):
             if not self._started:
                 self._started = True
-                await grpc_await(self._call.write(self._create))
+                await self._write(self._create)
             resp = await grpc_await(self._call.read())
         if resp is grpc.aio.EOF:
             raise EtcdUnavailable(self._conn.endpoint_names, "watch stream closed by etcd")
@@ -430,9 +439,7 @@ class WatchStream:
     async def request_progress(self) -> None:
         """Ask etcd to report the stream's current revision."""
         with map_errors(self._conn.endpoint_names):
-            await grpc_await(
-                self._call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
-            )
+            await self._write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
 
     def close(self) -> None:
         """Cancel the stream."""

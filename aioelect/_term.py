@@ -74,16 +74,11 @@ class Term:
         view = self._elector._mirror.view(self.name)
         self._unsubscribe = [
             self._session.on_lost(lambda reason: self._end(f"session lost: {reason}")),
-            self._session.on_renew(self._renewed),
             view.listen_key(self.key, self._key_changed),
         ]
         kv = view.kvs.get(self.key)
         if kv is None or kv.create_revision != self.token:
             self._end("leader key deleted")
-
-    def _renewed(self, valid_until: float) -> None:
-        for scope in self._scopes:
-            scope.deadline = valid_until
 
     def _key_changed(self, is_put: bool, kv: KV) -> None:
         if self._resigning:
@@ -119,8 +114,13 @@ class Term:
             callback(self, reason)
 
     def _scope(self) -> anyio.CancelScope:
-        """A cancel scope that is cancelled when the term ends (its deadline follows renewals)."""
-        scope = anyio.CancelScope(deadline=self._session.valid_until)
+        """A cancel scope that is cancelled when the term ends.
+
+        No deadline of its own: the session's keepalive loop wakes at
+        ``valid_until`` and ends every term of the session then, so one timer
+        serves all terms (instead of re-arming one per term at every renewal).
+        """
+        scope = anyio.CancelScope()
         self._scopes.add(scope)
         if self._ended is not None and self._ended != RESIGNED:
             scope.cancel()

@@ -93,7 +93,9 @@ async def test_paused_leader_wakes_invalid_and_its_writes_never_land_late(
                 e
                 for e in a.find("body_cancelled", token=token)
                 + a.find("fence_rejected", token=token)
-                if e["t"] >= resumed
+                # After the pause began: the woken child may record before the test
+                # process has even read its clock after SIGCONT.
+                if e["t"] >= paused
             ]
             ended = (await a.wait("ended", token=token))["t"]
             # The woken process re-campaigns on a new session, behind b.
