@@ -93,7 +93,11 @@ async def run_demo(plain: bool = False) -> int:
             live.__enter__()  # type: ignore[attr-defined]
         try:
             with anyio.fail_after(55):
-                await _scenario(etcd, view)
+                async with anyio.create_task_group() as tg:
+                    # SIGTERM/SIGINT end the demo cleanly: candidates and etcd are stopped.
+                    tg.start_soon(_stop_on_signal, tg.cancel_scope)
+                    await _scenario(etcd, view)
+                    tg.cancel_scope.cancel()
         finally:
             if live is not None:
                 live.__exit__(None, None, None)  # type: ignore[attr-defined]
@@ -173,6 +177,13 @@ async def _scenario(etcd: EmbeddedEtcd, view: _View) -> None:
                     proc.kill()
                     await proc.wait()
                 await proc.aclose()
+
+
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
 
 
 async def _spawn(endpoint: str, value: str) -> anyio.abc.Process:
