@@ -5,8 +5,9 @@ keepalive, on the monotonic clock (etcd cannot expire the lease before
 ``sent + ttl``, because it only starts counting when it receives the request):
 
 - ``valid_until = sent + renew_deadline``: terms of this session are valid
-  until then. Every term's cancel scope has this deadline, so a body is
-  cancelled there even if nothing else runs.
+  until then. The keepalive loop's waits are all bounded by it, so at that
+  instant the session is marked lost and every term ends (its body cancelled):
+  one timer for all the terms of the session.
 - ``hard_deadline = sent + ttl``: the earliest instant etcd may expire the
   lease and let someone else lead.
 
@@ -48,7 +49,6 @@ class Session:
         self._renewed_at = sent_at
         self.lost_reason: str | None = None
         self._on_lost: set[Callable[[str], None]] = set()
-        self._on_renew: set[Callable[[float], None]] = set()
         self.keepalives = 0
         self.failures = 0
         self.latency: float | None = None
@@ -80,18 +80,12 @@ class Session:
         self._on_lost.add(callback)
         return lambda: self._on_lost.discard(callback)
 
-    def on_renew(self, callback: Callable[[float], None]) -> Callable[[], None]:
-        """Call ``callback(valid_until)`` after each renewal; return an unsubscribe function."""
-        self._on_renew.add(callback)
-        return lambda: self._on_renew.discard(callback)
-
     def mark_lost(self, reason: str) -> None:
         """End the session now and tell every listener (once)."""
         if self.lost_reason is not None:
             return
         self.lost_reason = reason
         listeners, self._on_lost = self._on_lost, set()
-        self._on_renew.clear()
         for callback in listeners:
             callback(reason)
 
@@ -145,9 +139,6 @@ class Session:
                 self._renewed_at = max(self._renewed_at, sent)
                 backoff.reset()
                 next_at = sent + cfg.keepalive_interval
-                until = self.valid_until
-                for callback in list(self._on_renew):
-                    callback(until)
         finally:
             if stream is not None:
                 stream.close()
