@@ -44,6 +44,17 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
                 stream.close()
 
 
+def _delete_election_keys(etcd: EtcdServer, prefix: str) -> None:
+    """Delete every key of election 'job' with etcdctl, as an outside party would."""
+    from aioelect._embedded import find_etcd_binary
+
+    subprocess.run(
+        [find_etcd_binary("etcdctl"), "--endpoints", etcd.endpoint, "del", "--prefix",
+         f"{prefix}/job/"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+
 def _marker_cmd(marker: Path, exit_code: int = 0, wait_for: Path | None = None) -> list[str]:
     """A command that creates ``marker``, optionally waits for a file, then exits."""
     code = (
@@ -167,13 +178,7 @@ def test_lost_leadership_stops_the_command(
     )
     procs.append(p)
     _wait_for(marker)
-    from aioelect._embedded import find_etcd_binary
-
-    subprocess.run(
-        [find_etcd_binary("etcdctl"), "--endpoints", etcd.endpoint, "del", "--prefix",
-         f"{etcd_prefix}/job/"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    _delete_election_keys(etcd, etcd_prefix)  # someone else deletes the leader key
     assert p.wait(30) == 75
 
 
@@ -280,13 +285,7 @@ def test_lost_leadership_stops_the_whole_process_group(
         assert time.monotonic() < deadline
         time.sleep(0.02)
     grandchild = int(pidfile.read_text())
-    from aioelect._embedded import find_etcd_binary
-
-    subprocess.run(
-        [find_etcd_binary("etcdctl"), "--endpoints", etcd.endpoint, "del", "--prefix",
-         f"{etcd_prefix}/job/"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    _delete_election_keys(etcd, etcd_prefix)  # someone else deletes the leader key
     assert p.wait(30) == 75
     deadline = time.monotonic() + 5
     while True:
