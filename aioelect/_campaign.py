@@ -20,12 +20,12 @@ Cancellation at any point deletes the candidate key (shielded, bounded).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
 
 from ._backoff import Backoff
+from ._connection import KV
 from ._exceptions import EtcdError, NotLeader
 from ._keys import candidate_key, election_prefix, prefix_range_end
 from ._mirror import ElectionView
@@ -62,22 +62,11 @@ async def campaign(
         try:
             if reclaim_stale:
                 await _reclaim(elector, name, value, session.lease_id)
-            resp = await conn.txn(
-                [conn.cmp_create(key, 0)],
-                [conn.op_put(key, value, session.lease_id)],
-                [conn.op_get(key)],
-            )
-            if resp.succeeded:
-                token = int(resp.header.revision)
-            else:
-                kvs = resp.responses[0].response_range.kvs
-                if not kvs:
+            token = await elector._batcher.create(key, value, session.lease_id)
+            if token is None:
+                token = await _create_alone(elector, key, value, session.lease_id)
+                if token is None:
                     continue
-                token = int(kvs[0].create_revision)
-                if kvs[0].value != value:
-                    await conn.txn(
-                        [conn.cmp_create(key, token)], [conn.op_put(key, value, session.lease_id)]
-                    )
             term = await _wait_turn(elector, session, view, key, token, wait)
             if term is not None:
                 return term
@@ -92,6 +81,26 @@ async def campaign(
                 except EtcdError as exc:
                     log.debug("campaign for %r: could not delete %r: %s", name, key, exc)
             raise
+
+
+async def _create_alone(elector: Elector, key: bytes, value: bytes, lease_id: int) -> int | None:
+    """Create ``key`` or reuse it if it exists (e.g. an earlier write that timed out but landed).
+
+    Returns its create revision, or None if it vanished meanwhile (try again).
+    """
+    conn = elector._conn
+    resp = await conn.txn(
+        [conn.cmp_create(key, 0)], [conn.op_put(key, value, lease_id)], [conn.op_get(key)]
+    )
+    if resp.succeeded:
+        return int(resp.header.revision)
+    kvs = resp.responses[0].response_range.kvs
+    if not kvs:
+        return None
+    token = int(kvs[0].create_revision)
+    if kvs[0].value != value:
+        await conn.txn([conn.cmp_create(key, token)], [conn.op_put(key, value, lease_id)])
+    return token
 
 
 async def _reclaim(elector: Elector, name: str, value: bytes, lease_id: int) -> None:
@@ -130,14 +139,14 @@ async def _wait_turn(
             return None
         pred = view.predecessor(token)
         if pred is None:
-            first = await conn.range(eprefix, eend, limit=1, sort_create="ascend")
-            head = first.kvs[0] if first.kvs else None
+            _, (first,) = await elector._batcher.read([conn.op_first(eprefix, eend)])
+            kvs = first.response_range.kvs
+            head = KV.from_pb(kvs[0]) if kvs else None
             if head is not None and head.key == key and head.create_revision == token:
                 if not session.is_live():
                     return None
                 term = Term(elector, session, view.name, key, head.value, token)
-                term._attach()
-                if term._ended is not None:
+                if not term._attach():
                     return None
                 record = view.transfer
                 if record is not None and record.value == key and elector._tg is not None:
@@ -153,50 +162,32 @@ async def _wait_turn(
                 f"election {view.name!r} is held or awaited by {pred.value!r} (token "
                 f"{pred.create_revision})"
             )
-        wake = anyio.Event()
-        unsubscribes: list[Callable[[], None]] = [
-            session.on_lost(_waker(wake)),
-            view.listen_key(pred.key, _waker(wake)),
-            view.listen_key(key, _waker(wake)),
-            view.listen_key(view.transfer_key, _waker(wake)),
-        ]
+        wake = _Wake()
+        watched = (pred.key, key, view.transfer_key)
+        for k in watched:
+            view.listen_key(k, wake)
+        unsubscribe = session.on_lost(wake)
         try:
             await wake.wait()
         finally:
-            for unsubscribe in unsubscribes:
-                unsubscribe()
+            unsubscribe()
+            for k in watched:
+                view.unlisten_key(k, wake)
 
 
 async def _see_own_key(
     elector: Elector, session: Session, view: ElectionView, key: bytes, token: int
 ) -> bool:
-    """Wait until the mirror holds our key with our token (its put event arrived).
+    """Wait until the mirror has applied every event up to our key's creation.
 
-    Waits for the event itself, never for a revision alone: etcd before 3.5.8
-    may send a progress notification ahead of the events it covers (etcd
-    #15220). If the event has not come within a request timeout (a resync
-    may have skipped a key created and deleted meanwhile), a linearizable
-    read decides. Returns False when the key is gone or the session lost.
+    Waits for events, never for a bare revision: etcd before 3.5.8 may send a
+    progress notification ahead of the events it covers (etcd #15220). A
+    compaction resync (a range read) also counts. Returns False when our key
+    is gone by then (deleted, or its lease expired).
     """
-    conn = elector._conn
-    while True:
-        own = view.kvs.get(key)
-        if own is not None and own.create_revision == token:
-            return True
-        if session.is_lost:
-            return False
-        wake = anyio.Event()
-        unsubscribes = [session.on_lost(_waker(wake)), view.listen_key(key, _waker(wake))]
-        try:
-            with anyio.move_on_after(conn.timeout) as waited:
-                await wake.wait()
-        finally:
-            for unsubscribe in unsubscribes:
-                unsubscribe()
-        if waited.cancelled_caught:
-            found = await conn.range(key)
-            if not found.kvs or found.kvs[0].create_revision != token:
-                return False
+    await elector._mirror.seen(token)
+    own = view.kvs.get(key)
+    return own is not None and own.create_revision == token
 
 
 async def _drop_record(elector: Elector, name: str, lease_id: int) -> None:
@@ -206,10 +197,19 @@ async def _drop_record(elector: Elector, name: str, lease_id: int) -> None:
         log.debug("could not drop the transfer record of %r: %s", name, exc)
 
 
-def _waker(event: anyio.Event) -> Callable[..., None]:
-    """A callback, whatever its arguments, that sets ``event``."""
+class _Wake:
+    """Wakes a waiting campaign on a change of a key it follows or a lost session."""
 
-    def wake(*_args: object) -> None:
-        event.set()
+    __slots__ = ("_event",)
 
-    return wake
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def key_changed(self, is_put: bool, kv: KV) -> None:
+        self._event.set()
+
+    def __call__(self, reason: str) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
 
@@ -24,8 +24,8 @@ from anyio.abc import TaskGroup
 from typing_extensions import Self
 
 from ._backoff import Backoff
-from ._campaign import campaign
-from ._config import Duration, ElectorConfig, check_name, check_prefix, to_bytes
+from ._batch import Batcher
+from ._config import Duration, ElectorConfig, check_name, check_prefix
 from ._connection import KV, Connection, TLSConfig
 from ._embedded import EmbeddedEtcd
 from ._exceptions import (
@@ -34,15 +34,15 @@ from ._exceptions import (
     ElectorClosed,
     EtcdError,
     EtcdUnavailable,
-    LeadershipLost,
 )
+from ._hold import HoldBlock, ObserveBlock
 from ._keys import election_prefix, prefix_range_end, transfer_key
 from ._leadership import Leadership, OnElected, OnLeaderChange, OnSteppedDown
 from ._mirror import Mirror, leader_info
 from ._models import CandidateInfo, ElectorStatistics, LeaderInfo
 from ._observe import Observer
 from ._session import Session
-from ._term import RESIGNED, Term, cancellation_was_ours
+from ._term import RESIGNED, Term
 
 __all__ = ("Elector",)
 
@@ -126,6 +126,7 @@ class Elector:
             )
         self._root = (self.prefix + "/").encode()
         self._mirror = Mirror(self._conn, self._root)
+        self._batcher = Batcher(self._conn)
         self._state = "new"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tg: TaskGroup | None = None
@@ -203,6 +204,7 @@ class Elector:
                     self._embedded.endpoint, timeout=self._config.request_timeout
                 )
                 self._mirror = Mirror(self._conn, self._root)
+                self._batcher = Batcher(self._conn)
             await self._open()
         except BaseException:
             await self._teardown()
@@ -294,6 +296,7 @@ class Elector:
             if self._runner is not None:
                 await asyncio.wait([self._runner])
             self._tg = None
+            self._batcher.close()
             try:
                 await self._conn.close()
             finally:
@@ -322,6 +325,7 @@ class Elector:
         sent = time.monotonic()
         lease_id, ttl = await self._conn.grant(int(self._config.ttl))
         session = Session(self._conn, self._config, lease_id, ttl, sent)
+        session.on_lost(lambda reason: self._end_terms(session, reason))
         self._session = session
         self._sessions_granted += 1
         changed, self._session_changed = self._session_changed, anyio.Event()
@@ -378,11 +382,14 @@ class Elector:
 
     # -- elections -------------------------------------------------------------------
 
-    def _track(self, term: Term) -> None:
+    def _term_started(self, term: Term) -> None:
         self._terms.add(term)
         self._terms_won += 1
-        term._on_end.append(self._term_ended)
         log.info("won election %r (token %d, lease %x)", term.name, term.token, term.lease_id)
+
+    def _end_terms(self, session: Session, reason: str) -> None:
+        for term in [t for t in self._terms if t._session is session]:
+            term.session_lost(reason)
 
     def _term_ended(self, term: Term, reason: str) -> None:
         self._terms.discard(term)
@@ -392,10 +399,9 @@ class Elector:
             self._terms_lost += 1
             log.info("lost election %r (token %d): %s", term.name, term.token, reason)
 
-    @asynccontextmanager
-    async def hold(
+    def hold(
         self, name: str, value: str | bytes, *, wait: bool = True
-    ) -> AsyncIterator[Term]:
+    ) -> AbstractAsyncContextManager[Term]:
         """Campaign in election ``name``, wait to be elected, and lead for the block.
 
         Usage::
@@ -421,40 +427,7 @@ class Elector:
                 in this election.
             ElectorClosed: the elector is not open.
         """
-        self._check_usable()
-        name = check_name(name)
-        data = to_bytes(value)
-        if not isinstance(wait, bool):
-            raise ConfigError("wait", f"must be True or False, not {wait!r}")
-        if name in self._busy:
-            raise ConfigError(
-                "name", f"this Elector already campaigns in or leads election {name!r}"
-            )
-        self._busy.add(name)
-        try:
-            self._campaigns += 1
-            try:
-                term = await campaign(self, name, data, wait=wait)
-            finally:
-                self._campaigns -= 1
-            self._track(term)
-            scope = term._scope()
-            try:
-                try:
-                    with scope:
-                        yield term
-                except asyncio.CancelledError:
-                    if not (scope.cancel_called and cancellation_was_ours(term)):
-                        raise
-            finally:
-                term._scopes.discard(scope)
-                reason = term.end_reason
-                with anyio.CancelScope(shield=True):
-                    await term.resign()
-            if reason is not None and reason != RESIGNED:
-                raise LeadershipLost(name, reason)
-        finally:
-            self._busy.discard(name)
+        return HoldBlock(self, name, value, wait)
 
     def leadership(
         self,
@@ -523,14 +496,14 @@ class Elector:
         conn = self._conn
         eprefix = election_prefix(self.prefix, name)
         record_key = transfer_key(self.prefix, name)
-        resp = await conn.txn(
-            [], [conn.op_first(eprefix, prefix_range_end(eprefix)), conn.op_get(record_key)]
+        _, responses = await self._batcher.read(
+            [conn.op_first(eprefix, prefix_range_end(eprefix)), conn.op_get(record_key)]
         )
-        firsts = resp.responses[0].response_range.kvs
+        firsts = responses[0].response_range.kvs
         if not firsts:
             return None
         first = KV.from_pb(firsts[0])
-        records = resp.responses[1].response_range.kvs
+        records = responses[1].response_range.kvs
         if records and records[0].value != first.key:
             # A transfer is under way: nobody leads until its target (if alive) is first.
             target = await conn.range(records[0].value)
@@ -548,8 +521,7 @@ class Elector:
             CandidateInfo(name, kv.key, kv.value, kv.create_revision, kv.lease) for kv in result.kvs
         ]
 
-    @asynccontextmanager
-    async def observe(self, name: str) -> AsyncIterator[AsyncIterator[LeaderInfo | None]]:
+    def observe(self, name: str) -> AbstractAsyncContextManager[AsyncIterator[LeaderInfo | None]]:
         """Follow the leader of election ``name``.
 
         Usage::
@@ -564,22 +536,7 @@ class Elector:
         it ends when the elector closes. Changes queue up while you do not
         iterate.
         """
-        self._check_usable()
-        name = check_name(name)
-        eprefix = election_prefix(self.prefix, name)
-        now = await self._conn.range(eprefix, prefix_range_end(eprefix), limit=1, keys_only=True)
-        await self._mirror.sync(now.revision)
-        view = self._mirror.view(name)
-        observer = Observer()
-        view.leader_listeners.add(observer)
-        self._observers.add(observer)
-        observer.leader_changed(leader_info(name, view.leader()))
-        try:
-            yield observer
-        finally:
-            view.leader_listeners.discard(observer)
-            self._observers.discard(observer)
-            observer.close()
+        return ObserveBlock(self, name)
 
     def terms(self) -> list[Term]:
         """The terms this elector holds now (valid or about to be noticed as ended)."""

@@ -289,14 +289,13 @@ class Leadership:
             finally:
                 elector._campaigns -= 1
                 self._campaign_scope = None
-            elector._track(term)
             return term
         return None
 
     async def _lead(self, term: Term) -> bool:
         """Lead for one term; return whether ``on_elected`` declined it."""
         self._term = term
-        term._on_end.append(lambda _t, _r: self._wake.set())
+        term._add_on_end(lambda _t, _r: self._wake.set())
         declined = False
         scope = term._scope()
         self._lead_scope = scope
@@ -318,7 +317,7 @@ class Leadership:
                     raise
         finally:
             self._lead_scope = None
-            term._scopes.discard(scope)
+            term._drop_scope(scope)
             with anyio.CancelScope(shield=True):
                 await self._step_down(term)
         return declined

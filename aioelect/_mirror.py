@@ -18,11 +18,10 @@ for a progress notification when nothing else moves it).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import logging
-import time
-from collections.abc import Callable
 from typing import Protocol
 
 import anyio
@@ -37,11 +36,39 @@ __all__ = ("ElectionView", "Mirror")
 
 log = logging.getLogger("aioelect")
 
-KeyListener = Callable[[bool, KV], None]
+
+class KeyListener(Protocol):
+    def key_changed(self, is_put: bool, kv: KV) -> None: ...
 
 
 class LeaderListener(Protocol):
     def leader_changed(self, info: LeaderInfo | None) -> None: ...
+
+
+class _Waiters:
+    """Futures waiting for a revision, resolved in revision order (a heap)."""
+
+    __slots__ = ("_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._heap)
+
+    def add(self, revision: int) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._heap, (revision, self._seq, future))
+        return future
+
+    def advance(self, revision: int) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= revision:
+            future = heapq.heappop(heap)[2]
+            if not future.done():  # a cancelled waiter's future is done
+                future.set_result(None)
 
 
 def leader_info(name: str, kv: KV | None) -> LeaderInfo | None:
@@ -69,8 +96,8 @@ class ElectionView:
         self.transfer_key = root + name.encode() + TRANSFER_SUFFIX
         self.transfer: KV | None = None
         self.kvs: dict[bytes, KV] = {}
-        self.key_listeners: dict[bytes, set[KeyListener]] = {}
-        self.leader_listeners: set[LeaderListener] = set()
+        self.key_listeners: dict[bytes, list[KeyListener]] = {}
+        self.leader_listeners: list[LeaderListener] = []
         self._leader: KV | None = None
 
     def leader(self) -> KV | None:
@@ -101,18 +128,21 @@ class ElectionView:
             best = kv
         return best
 
-    def listen_key(self, key: bytes, listener: KeyListener) -> Callable[[], None]:
-        """Call ``listener(is_put, kv)`` on every change of ``key``; return an unsubscribe."""
-        self.key_listeners.setdefault(key, set()).add(listener)
+    def listen_key(self, key: bytes, listener: KeyListener) -> None:
+        """Call ``listener.key_changed(is_put, kv)`` on every change of ``key``."""
+        listeners = self.key_listeners.get(key)
+        if listeners is None:
+            self.key_listeners[key] = [listener]
+        else:
+            listeners.append(listener)
 
-        def unsubscribe() -> None:
-            listeners = self.key_listeners.get(key)
-            if listeners is not None:
-                listeners.discard(listener)
-                if not listeners:
-                    del self.key_listeners[key]
-
-        return unsubscribe
+    def unlisten_key(self, key: bytes, listener: KeyListener) -> None:
+        """Stop calling ``listener`` (nothing if it does not listen)."""
+        listeners = self.key_listeners.get(key)
+        if listeners is not None and listener in listeners:
+            listeners.remove(listener)
+            if not listeners:
+                del self.key_listeners[key]
 
     def apply(self, is_put: bool, kv: KV) -> None:
         if kv.key == self.transfer_key:
@@ -129,8 +159,10 @@ class ElectionView:
             if old is None:
                 return
             kv = old
-        for listener in list(self.key_listeners.get(kv.key, ())):
-            listener(is_put, kv)
+        listeners = self.key_listeners.get(kv.key)
+        if listeners:
+            for listener in tuple(listeners):
+                listener.key_changed(is_put, kv)
 
     def leader_moved(self) -> bool:
         """Tell the leader listeners if the leader (or its value) changed; return whether it did."""
@@ -146,7 +178,7 @@ class ElectionView:
             return False
         self._leader = new
         info = leader_info(self.name, new)
-        for listener in list(self.leader_listeners):
+        for listener in tuple(self.leader_listeners):
             listener.leader_changed(info)
         return True
 
@@ -159,11 +191,15 @@ class Mirror:
         self.root = root
         self._range_end = prefix_range_end(root)
         self.views: dict[str, ElectionView] = {}
+        #: The revision the mirror has reached (progress notifications included).
         self.revision = 0
-        # A heap of (revision, sequence, event): sync() waiters, woken in revision order.
-        self._rev_waiters: list[tuple[int, int, anyio.Event]] = []
-        self._waiter_seq = 0
-        self._progress_sent = -1.0
+        #: The revision up to which the mirror has applied every event (from events
+        #: and range reads only: etcd before 3.5.8 may send a progress notification
+        #: ahead of the events it covers, etcd #15220).
+        self.seen_revision = 0
+        self._sync_waiters = _Waiters()
+        self._seen_waiters = _Waiters()
+        self._waiting = anyio.Event()
         self.leader_changes = 0
         self._stream: WatchStream | None = None
         self.resyncs = 0
@@ -198,7 +234,7 @@ class Mirror:
             if old != kv:
                 view.apply(True, kv)
                 touched.add(view)
-        self._advance(result.revision)
+        self._advance(result.revision, seen=True)
         self._leaders_moved(touched)
 
     def _name_of(self, key: bytes) -> str | None:
@@ -209,19 +245,19 @@ class Mirror:
             if view.leader_moved():
                 self.leader_changes += 1
 
-    def _advance(self, revision: int) -> None:
-        if revision <= self.revision:
-            return
-        self.revision = revision
-        waiters = self._rev_waiters
-        while waiters and waiters[0][0] <= revision:
-            heapq.heappop(waiters)[2].set()
+    def _advance(self, revision: int, seen: bool) -> None:
+        if seen and revision > self.seen_revision:
+            self.seen_revision = revision
+            self._seen_waiters.advance(revision)
+        if revision > self.revision:
+            self.revision = revision
+            self._sync_waiters.advance(revision)
 
     def apply_batch(self, batch: WatchBatch) -> None:
         """Apply one watch response."""
         if not batch.events:
             if not batch.created:
-                self._advance(batch.revision)  # a progress notification
+                self._advance(batch.revision, seen=False)  # a progress notification
             return
         touched: set[ElectionView] = set()
         for is_put, kv in batch.events:
@@ -236,40 +272,49 @@ class Mirror:
             view.apply(is_put, kv)
             touched.add(view)
         self._leaders_moved(touched)
-        self._advance(max(kv.mod_revision for _, kv in batch.events))
+        self._advance(max(kv.mod_revision for _, kv in batch.events), seen=True)
 
-    async def sync(self, revision: int, wake: anyio.Event | None = None) -> None:
-        """Wait until the mirror has reached ``revision``.
+    async def sync(self, revision: int) -> None:
+        """Wait until the mirror has reached ``revision``. Cancelling leaves nothing behind.
 
-        ``wake``, if given, ends the wait early when set (and is set when the
-        revision is reached). Cancellation leaves nothing behind.
+        When nothing under the prefix moves the mirror, the mirror's progress
+        task asks etcd for a progress notification (one per 50 ms, however
+        many tasks wait).
         """
         if self.revision >= revision:
             return
-        event = wake if wake is not None else anyio.Event()
-        self._waiter_seq += 1
-        heapq.heappush(self._rev_waiters, (revision, self._waiter_seq, event))
-        while self.revision < revision and not event.is_set():
-            with anyio.move_on_after(0.05):
-                await event.wait()
-            if self.revision >= revision or event.is_set():
-                return
-            # Nothing under the prefix moved the mirror: ask for a progress report
-            # (at most one per 50 ms, however many tasks wait).
+        future = self._sync_waiters.add(revision)
+        self._waiting.set()
+        await future
+
+    async def seen(self, revision: int) -> None:
+        """Wait until every event up to ``revision`` has been applied (no progress request)."""
+        if self.seen_revision < revision:
+            await self._seen_waiters.add(revision)
+
+    async def _request_progress(self) -> None:
+        """While sync() waiters wait, ask for a progress notification every 50 ms."""
+        while True:
+            await self._waiting.wait()
+            await anyio.sleep(0.05)
+            if not self._sync_waiters:
+                self._waiting = anyio.Event()
+                continue
             stream = self._stream
-            now = time.monotonic()
-            if stream is not None and now - self._progress_sent >= 0.05:
-                self._progress_sent = now
+            if stream is not None:
                 with contextlib.suppress(EtcdError):
                     await stream.request_progress()
-            with anyio.move_on_after(0.25):
-                await event.wait()
 
     async def run(self) -> None:
         """Follow the watch stream forever, reconnecting and resyncing as needed."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._request_progress)
+            await self._follow()
+
+    async def _follow(self) -> None:
         backoff = Backoff(initial=0.05, cap=1.0)
         while True:
-            stream = self._conn.watch_stream(self.root, self._range_end, self.revision + 1)
+            stream = self._conn.watch_stream(self.root, self._range_end, self.seen_revision + 1)
             self._stream = stream
             try:
                 while True:

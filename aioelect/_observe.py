@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
-
-import anyio
 
 from ._models import LeaderInfo
 
@@ -17,12 +16,16 @@ class Observer:
     """Leader changes of one election, queued for one consumer.
 
     Fed synchronously by the elector's mirror (no task of its own); consecutive
-    duplicates are dropped. Iteration ends when the observer is closed.
+    duplicates are dropped. Iteration ends when the observer is closed. Small
+    on purpose (one process may observe thousands of elections): a future is
+    only made while the consumer waits.
     """
+
+    __slots__ = ("_closed", "_items", "_last", "_waiter")
 
     def __init__(self) -> None:
         self._items: deque[LeaderInfo | None] = deque()
-        self._event = anyio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._last: object = _UNSET
 
@@ -31,11 +34,18 @@ class Observer:
             return
         self._last = info
         self._items.append(info)
-        self._event.set()
+        self._wake()
 
     def close(self) -> None:
         self._closed = True
-        self._event.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def __aiter__(self) -> Observer:
         return self
@@ -44,6 +54,8 @@ class Observer:
         while not self._items:
             if self._closed:
                 raise StopAsyncIteration
-            self._event = anyio.Event()
-            await self._event.wait()
+            waiter = self._waiter
+            if waiter is None or waiter.done():
+                waiter = self._waiter = asyncio.get_running_loop().create_future()
+            await waiter
         return self._items.popleft()

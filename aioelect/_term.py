@@ -11,6 +11,7 @@ term that etcd no longer considers leader never lands.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -61,26 +62,37 @@ class Term:
         self.started_at = time.monotonic()
         self._ended: str | None = None
         self._resigning = False
-        self._lost = anyio.Event()
-        self._scopes: set[anyio.CancelScope] = set()
-        self._own_values: set[bytes] = {value}
-        self._unsubscribe: list[Callable[[], None]] = []
-        self._on_end: list[Callable[[Term, str], None]] = []
+        # Few objects per term (thousands of terms may live in one process):
+        # the Event, the callbacks and extra scopes are only made when needed.
+        self._lost: anyio.Event | None = None
+        self._scopes: list[anyio.CancelScope] = []
+        self._own_values: tuple[bytes, ...] = (value,)
+        self._on_end: list[Callable[[Term, str], None]] | None = None
+        self._attached = False
 
-    # -- wiring (called by the elector) --------------------------------------------
+    # -- wiring (called by the campaign) -------------------------------------------
 
-    def _attach(self) -> None:
-        """Start following the session and the leader key; end at once if either is gone."""
-        view = self._elector._mirror.view(self.name)
-        self._unsubscribe = [
-            self._session.on_lost(lambda reason: self._end(f"session lost: {reason}")),
-            view.listen_key(self.key, self._key_changed),
-        ]
+    def _attach(self) -> bool:
+        """Start following the leader key (the elector ends its terms when the session
+        is lost); return False, leaving nothing behind, if the term is already over.
+        """
+        elector = self._elector
+        view = elector._mirror.view(self.name)
         kv = view.kvs.get(self.key)
-        if kv is None or kv.create_revision != self.token:
-            self._end("leader key deleted")
+        if self._session.is_lost or kv is None or kv.create_revision != self.token:
+            self._ended = "leader key deleted"
+            return False
+        view.listen_key(self.key, self)
+        self._attached = True
+        elector._term_started(self)
+        return True
 
-    def _key_changed(self, is_put: bool, kv: KV) -> None:
+    def session_lost(self, reason: str) -> None:
+        """Called by the elector when this term's session is lost."""
+        self._end(f"session lost: {reason}")
+
+    def key_changed(self, is_put: bool, kv: KV) -> None:
+        """Called by the mirror on every change of the leader key."""
         if self._resigning:
             if not is_put:
                 self._end(RESIGNED)
@@ -103,14 +115,16 @@ class Term:
             # the term ended, whatever was noticed first on waking up.
             reason = _DEADLINE_PASSED
         self._ended = reason
-        for unsubscribe in self._unsubscribe:
-            unsubscribe()
-        self._unsubscribe = []
-        self._lost.set()
+        if self._lost is not None:
+            self._lost.set()
         if reason != RESIGNED:
             for scope in self._scopes:
                 scope.cancel()
-        for callback in self._on_end:
+        if self._attached:
+            self._attached = False
+            self._elector._mirror.view(self.name).unlisten_key(self.key, self)
+            self._elector._term_ended(self, reason)
+        for callback in self._on_end or ():
             callback(self, reason)
 
     def _scope(self) -> anyio.CancelScope:
@@ -121,10 +135,19 @@ class Term:
         serves all terms (instead of re-arming one per term at every renewal).
         """
         scope = anyio.CancelScope()
-        self._scopes.add(scope)
+        self._scopes.append(scope)
         if self._ended is not None and self._ended != RESIGNED:
             scope.cancel()
         return scope
+
+    def _drop_scope(self, scope: anyio.CancelScope) -> None:
+        with contextlib.suppress(ValueError):
+            self._scopes.remove(scope)
+
+    def _add_on_end(self, callback: Callable[[Term, str], None]) -> None:
+        if self._on_end is None:
+            self._on_end = []
+        self._on_end.append(callback)
 
     # -- public ------------------------------------------------------------------
 
@@ -163,12 +186,17 @@ class Term:
 
     async def wait_lost(self) -> None:
         """Wait until the term ends, for any reason (cancelling the wait changes nothing)."""
+        if self._ended is not None:
+            return
+        if self._lost is None:
+            self._lost = anyio.Event()
+        lost = self._lost
         scope = self._scope()
         try:
             with scope:
-                await self._lost.wait()
+                await lost.wait()
         finally:
-            self._scopes.discard(scope)
+            self._drop_scope(scope)
 
     def _check_valid(self) -> None:
         if not self.is_valid:
@@ -186,7 +214,7 @@ class Term:
         data = to_bytes(value)
         self._check_valid()
         conn = self._elector._conn
-        self._own_values.add(data)
+        self._own_values = (*self._own_values, data)
         resp = await conn.txn(
             [conn.cmp_create(self.key, self.token)],
             [conn.op_put(self.key, data, self.lease_id)],
@@ -195,7 +223,7 @@ class Term:
             self._end("leader key deleted")
             raise NotLeader(f"term {self.token} of election {self.name!r}: leader key is gone")
         self._value = data
-        self._own_values = {data}
+        self._own_values = (data,)
 
     async def transaction(
         self, compare: Sequence[Any] = (), success: Sequence[Any] = (), failure: Sequence[Any] = ()

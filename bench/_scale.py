@@ -185,7 +185,12 @@ async def watch_start(
 
 async def main(args: argparse.Namespace) -> None:
     n: int = args.n
-    res: dict[str, Any] = {"n": n, "tracemalloc": args.tracemalloc, "mode": args.mode}
+    res: dict[str, Any] = {
+        "n": n,
+        "tracemalloc": args.tracemalloc,
+        "mode": args.mode,
+        "gc_paused": args.gc_paused,
+    }
     raw = await raw_client(args.endpoint)
     stop = anyio.Event()
     held = 0
@@ -248,6 +253,8 @@ async def main(args: argparse.Namespace) -> None:
             if spy is not None:
                 await spy.start()
                 cpu0 = cpu_seconds()
+            if args.gc_paused:
+                gc.disable()
             with GCMeter() as gcm:
                 t0 = time.perf_counter()
                 for i in range(n):
@@ -271,6 +278,9 @@ async def main(args: argparse.Namespace) -> None:
                     all_observed,
                     errors,
                 )
+            if args.gc_paused:
+                gc.enable()
+                gc.freeze()
             if spy is not None:
                 await spy.stop()
             if failure is not None:
@@ -376,6 +386,11 @@ def cli() -> None:
         choices=["both", "hold", "observe"],
         default="both",
         help="each election is campaigned and observed (both), or only one of them",
+    )
+    p.add_argument(
+        "--gc-paused",
+        action="store_true",
+        help="gc.disable() during the start, then gc.freeze() (the README's advice for mass starts)",
     )
     p.add_argument("--start-timeout", type=float, default=60.0, help="give up after (s)")
     p.add_argument("--pyspy-start", help="sample the start with py-spy into this file")

@@ -9,6 +9,7 @@ import pytest
 from helpers import ElectorFactory, eventually, keys_under, live_leases
 
 import aioelect
+from aioelect._batch import Batcher
 from aioelect._connection import Connection
 
 pytestmark = pytest.mark.asyncio
@@ -152,15 +153,15 @@ async def test_cancel_at_each_await_point_leaves_no_key(
     a = await make_elector()
     reached = anyio.Event()
     cls, attr = {
-        "txn": (Connection, "txn"),
+        "txn": (Batcher, "create"),
         "own-key": (_campaign, "_see_own_key"),
-        "confirm": (Connection, "range"),
+        "confirm": (Batcher, "read"),
     }[point]
     original = getattr(cls, attr)
 
     async def gate(first: object, *args: object, **kwargs: object) -> object:
         result = await original(first, *args, **kwargs)
-        if first is a._conn or first is a:
+        if first is a._batcher or first is a:
             reached.set()
             await anyio.sleep_forever()
         return result

@@ -211,7 +211,7 @@ class Member:
         rec = TermRecord(name, token, term.started_at)
         self.terms[(name, token)] = rec
         self.current[name] = term
-        term._on_end.append(self._ended_hook(rec))
+        term._add_on_end(self._ended_hook(rec))
         if term._ended is not None:  # ended before we could hook it
             rec.ended = min(term.started_at, term._session.valid_until)
         self.emit(

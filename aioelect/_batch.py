@@ -1,0 +1,222 @@
+"""Coalescing of small requests into shared transactions.
+
+Thousands of elections started together would each send a create and a
+confirming read, and each observer a barrier read: one gRPC call apiece,
+whose client-side cost (not etcd's) bounds how fast one process starts them.
+The :class:`Batcher` collects the requests made during one turn of the event
+loop and sends them as a few transactions of up to ``max_ops`` operations:
+
+- ``read(ops)``: read-only ops (ranges). They go out as one read-only Txn,
+  which etcd serves linearizably, like a Range: each caller gets its own
+  slice of the responses and the shared header revision.
+- ``create(key, value, lease)``: "put if absent". A batch is one Txn whose
+  compares require every key to be absent; if any exists, the whole batch
+  fails and its callers are told to fall back to their own transaction
+  (rare: it needs a key left by an earlier, timed-out attempt).
+
+A lone request costs the same as before (one call, sent one loop turn
+later). A caller cancelled before its batch is sent is left out of it; one
+cancelled after waits, shielded and bounded, until the batch has landed, so
+that its clean-up cannot overtake its own write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from ._connection import Connection
+from ._exceptions import EtcdError
+
+__all__ = ("Batcher",)
+
+log = logging.getLogger("aioelect")
+
+#: etcd's default --max-txn-ops.
+MAX_OPS = 128
+#: Keep a batch well below etcd's default request size limit (1.5 MiB).
+MAX_BYTES = 512 * 1024
+
+
+@dataclass(eq=False)
+class _Pending:
+    future: asyncio.Future[Any]
+    ops: Sequence[Any] = ()
+    key: bytes = b""
+    value: bytes = b""
+    lease: int = 0
+    size: int = 0
+    sent: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Batcher:
+    """Batches the reads and creates of one connection (see the module docstring)."""
+
+    def __init__(self, conn: Connection, max_ops: int = MAX_OPS) -> None:
+        self._conn = conn
+        self.max_ops = max_ops
+        self._reads: list[_Pending] = []
+        self._creates: list[_Pending] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: Transactions sent, and requests they carried (for statistics).
+        self.batches = 0
+        self.requests = 0
+
+    async def read(self, ops: Sequence[Any]) -> tuple[int, list[Any]]:
+        """Run read-only ``ops`` linearizably; return the revision and their responses."""
+        if len(ops) > self.max_ops:
+            resp = await self._conn.txn([], ops)
+            return int(resp.header.revision), list(resp.responses)
+        entry = _Pending(asyncio.get_running_loop().create_future(), ops=ops)
+        if not self._reads:
+            asyncio.get_running_loop().call_soon(self._flush_reads)
+        self._reads.append(entry)
+        result: tuple[int, list[Any]] = await self._wait(entry)
+        return result
+
+    async def create(self, key: bytes, value: bytes, lease: int) -> int | None:
+        """Put ``key`` if it does not exist; return its create revision.
+
+        None: the key may exist (its batch failed); the caller must check with
+        a transaction of its own.
+        """
+        entry = _Pending(
+            asyncio.get_running_loop().create_future(),
+            key=key,
+            value=value,
+            lease=lease,
+            size=len(key) * 2 + len(value) + 32,
+        )
+        if not self._creates:
+            asyncio.get_running_loop().call_soon(self._flush_creates)
+        self._creates.append(entry)
+        result: int | None = await self._wait(entry)
+        return result
+
+    async def _wait(self, entry: _Pending) -> Any:
+        try:
+            return await entry.future
+        except BaseException:
+            sent = entry.sent
+            if sent is not None and not sent.done():
+                # Let the batch land first, so that the caller's clean-up follows it.
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait({sent}, timeout=self._conn.timeout)
+            raise
+
+    def close(self) -> None:
+        """Cancel the batches in flight (their callers see the cancellation)."""
+        for entry in self._reads + self._creates:
+            entry.future.cancel()
+        self._reads.clear()
+        self._creates.clear()
+        for task in self._tasks:
+            task.cancel()
+
+    # -- sending -----------------------------------------------------------------
+
+    def _chunks(self, entries: list[_Pending], by_ops: bool) -> list[list[_Pending]]:
+        chunks: list[list[_Pending]] = []
+        chunk: list[_Pending] = []
+        ops = size = 0
+        keys: set[bytes] = set()
+        for entry in entries:
+            if entry.future.done():  # cancelled before it was sent
+                continue
+            n = len(entry.ops) if by_ops else 1
+            dup = not by_ops and entry.key in keys
+            if chunk and (ops + n > self.max_ops or size + entry.size > MAX_BYTES or dup):
+                chunks.append(chunk)
+                chunk, ops, size = [], 0, 0
+                keys.clear()
+            chunk.append(entry)
+            ops += n
+            size += entry.size
+            keys.add(entry.key)
+        if chunk:
+            chunks.append(chunk)
+        return chunks
+
+    def _spawn(self, chunk: list[_Pending], coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        for entry in chunk:
+            entry.sent = task
+        self.batches += 1
+        self.requests += len(chunk)
+
+    def _flush_reads(self) -> None:
+        entries, self._reads = self._reads, []
+        for chunk in self._chunks(entries, by_ops=True):
+            self._spawn(chunk, self._send_reads(chunk))
+
+    def _flush_creates(self) -> None:
+        entries, self._creates = self._creates, []
+        for chunk in self._chunks(entries, by_ops=False):
+            self._spawn(chunk, self._send_creates(chunk))
+
+    async def _send_reads(self, chunk: list[_Pending]) -> None:
+        try:
+            resp = await self._conn.txn([], [op for entry in chunk for op in entry.ops])
+        except (EtcdError, asyncio.CancelledError) as exc:
+            if isinstance(exc, EtcdError) and _too_big(exc) and len(chunk) > 1:
+                self._shrink(len(chunk))
+                self._resend(chunk, self._send_reads, by_ops=True)
+                return
+            _fail(chunk, exc)
+            return
+        revision = int(resp.header.revision)
+        responses = list(resp.responses)
+        at = 0
+        for entry in chunk:
+            n = len(entry.ops)
+            if not entry.future.done():
+                entry.future.set_result((revision, responses[at : at + n]))
+            at += n
+
+    async def _send_creates(self, chunk: list[_Pending]) -> None:
+        conn = self._conn
+        try:
+            resp = await conn.txn(
+                [conn.cmp_create(e.key, 0) for e in chunk],
+                [conn.op_put(e.key, e.value, e.lease) for e in chunk],
+            )
+        except (EtcdError, asyncio.CancelledError) as exc:
+            if isinstance(exc, EtcdError) and _too_big(exc) and len(chunk) > 1:
+                self._shrink(len(chunk))
+                self._resend(chunk, self._send_creates, by_ops=False)
+                return
+            _fail(chunk, exc)
+            return
+        result = int(resp.header.revision) if resp.succeeded else None
+        for entry in chunk:
+            if not entry.future.done():
+                entry.future.set_result(result)
+
+    def _shrink(self, n: int) -> None:
+        self.max_ops = max(1, min(self.max_ops, n) // 2)
+        log.info("etcd refused a batch of %d requests: batches now hold %d", n, self.max_ops)
+
+    def _resend(self, chunk: list[_Pending], send: Any, *, by_ops: bool) -> None:
+        for part in self._chunks(chunk, by_ops=by_ops):
+            self._spawn(part, send(part))
+
+
+def _too_big(exc: EtcdError) -> bool:
+    text = str(exc)
+    return "too many operations" in text or "too large" in text
+
+
+def _fail(chunk: list[_Pending], exc: BaseException) -> None:
+    for entry in chunk:
+        if not entry.future.done():
+            if isinstance(exc, asyncio.CancelledError):
+                entry.future.cancel()
+            else:
+                entry.future.set_exception(exc)

@@ -1,0 +1,147 @@
+"""The context managers behind :meth:`Elector.hold` and :meth:`Elector.observe`.
+
+Classes rather than ``@asynccontextmanager`` generators: one small object per
+block instead of a generator, its frame and a wrapper, which matters when
+one process holds or observes thousands of elections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ._campaign import campaign
+from ._config import check_name, to_bytes
+from ._exceptions import ConfigError, LeadershipLost
+from ._mirror import leader_info
+from ._observe import Observer
+from ._term import RESIGNED, Term, cancellation_was_ours
+
+if TYPE_CHECKING:
+    from ._elector import Elector
+
+__all__ = ("HoldBlock", "ObserveBlock")
+
+
+class HoldBlock:
+    """``async with elector.hold(name, value) as term``: see :meth:`Elector.hold`."""
+
+    __slots__ = ("_elector", "_name", "_scope", "_term", "_value", "_wait")
+
+    def __init__(self, elector: Elector, name: str, value: str | bytes, wait: bool) -> None:
+        self._elector = elector
+        self._name = name
+        self._value = value
+        self._wait = wait
+        self._term: Term | None = None
+        self._scope: anyio.CancelScope | None = None
+
+    async def __aenter__(self) -> Term:
+        elector = self._elector
+        if self._term is not None:
+            raise ConfigError("hold", "this hold() block is already in use; call hold() again")
+        elector._check_usable()
+        name = self._name = check_name(self._name)
+        data = to_bytes(self._value)
+        if not isinstance(self._wait, bool):
+            raise ConfigError("wait", f"must be True or False, not {self._wait!r}")
+        if name in elector._busy:
+            raise ConfigError(
+                "name", f"this Elector already campaigns in or leads election {name!r}"
+            )
+        elector._busy.add(name)
+        try:
+            elector._campaigns += 1
+            try:
+                term = await campaign(elector, name, data, wait=self._wait)
+            finally:
+                elector._campaigns -= 1
+        except BaseException:
+            elector._busy.discard(name)
+            raise
+        self._term = term
+        scope = self._scope = term._scope()
+        scope.__enter__()
+        return term
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        term, scope = self._term, self._scope
+        assert term is not None
+        assert scope is not None
+        self._scope = None
+        try:
+            try:
+                swallowed = bool(scope.__exit__(exc_type, exc, tb))
+            except asyncio.CancelledError:
+                # grpc.aio may replace the scope's cancellation by a bare one.
+                if not (scope.cancel_called and cancellation_was_ours(term)):
+                    raise
+                swallowed = True
+            if (
+                not swallowed
+                and isinstance(exc, asyncio.CancelledError)
+                and scope.cancel_called
+                and cancellation_was_ours(term)
+            ):
+                swallowed = True
+            term._drop_scope(scope)
+            reason = term.end_reason
+            with anyio.CancelScope(shield=True):
+                await term.resign()
+        finally:
+            self._elector._busy.discard(self._name)
+        if (exc is None or swallowed) and reason is not None and reason != RESIGNED:
+            raise LeadershipLost(self._name, reason) from None
+        return swallowed
+
+
+class ObserveBlock:
+    """``async with elector.observe(name) as leaders``: see :meth:`Elector.observe`."""
+
+    __slots__ = ("_elector", "_name", "_observer")
+
+    def __init__(self, elector: Elector, name: str) -> None:
+        self._elector = elector
+        self._name = name
+        self._observer: Observer | None = None
+
+    async def __aenter__(self) -> Observer:
+        elector = self._elector
+        if self._observer is not None:
+            raise ConfigError("observe", "this observe() block is in use; call observe() again")
+        elector._check_usable()
+        name = self._name = check_name(self._name)
+        revision, _ = await elector._batcher.read(())
+        await elector._mirror.sync(revision)
+        view = elector._mirror.view(name)
+        observer = self._observer = Observer()
+        view.leader_listeners.append(observer)
+        elector._observers.add(observer)
+        observer.leader_changed(leader_info(name, view.leader()))
+        return observer
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        observer = self._observer
+        assert observer is not None
+        self._observer = None
+        elector = self._elector
+        view = elector._mirror.views.get(self._name)
+        if view is not None:
+            with contextlib.suppress(ValueError):
+                view.leader_listeners.remove(observer)
+        elector._observers.discard(observer)
+        observer.close()
