@@ -17,7 +17,7 @@ import socket
 from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeAlias, TypeVar, Union
+from typing import Any, NamedTuple, NoReturn, TypeAlias, TypeVar, Union
 from urllib.parse import urlsplit
 
 import aetcd
@@ -344,9 +344,12 @@ class _Client(aetcd.Client):  # type: ignore[misc]
             self._watcher._metadata = self.metadata
 
 
-@dataclass(frozen=True)
-class KV:
-    """One key-value pair as etcd returned it."""
+class KV(NamedTuple):
+    """One key-value pair as etcd returned it.
+
+    A tuple of bytes and ints: the garbage collector stops tracking it, which
+    matters when one process mirrors thousands of elections.
+    """
 
     key: bytes
     value: bytes

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 __all__ = ("CandidateInfo", "ElectorStatistics", "LeaderInfo")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CandidateInfo:
     """One live candidate of an election.
 
@@ -26,7 +26,7 @@ class CandidateInfo:
     lease_id: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaderInfo(CandidateInfo):
     """The leader of an election (the candidate with the lowest create revision).
 

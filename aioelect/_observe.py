@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 
 from ._models import LeaderInfo
 
@@ -21,10 +20,11 @@ class Observer:
     only made while the consumer waits.
     """
 
-    __slots__ = ("_closed", "_items", "_last", "_waiter")
+    __slots__ = ("_closed", "_head", "_items", "_last", "_waiter")
 
     def __init__(self) -> None:
-        self._items: deque[LeaderInfo | None] = deque()
+        self._items: list[LeaderInfo | None] = []
+        self._head = 0  # items before it were consumed
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._last: object = _UNSET
@@ -51,11 +51,16 @@ class Observer:
         return self
 
     async def __anext__(self) -> LeaderInfo | None:
-        while not self._items:
+        while self._head == len(self._items):
             if self._closed:
                 raise StopAsyncIteration
             waiter = self._waiter
             if waiter is None or waiter.done():
                 waiter = self._waiter = asyncio.get_running_loop().create_future()
             await waiter
-        return self._items.popleft()
+        item = self._items[self._head]
+        self._head += 1
+        if self._head == len(self._items):
+            self._items.clear()
+            self._head = 0
+        return item

@@ -49,6 +49,25 @@ class Term:
         lease_id: the session lease the key is attached to.
     """
 
+    __slots__ = (
+        "__weakref__",
+        "_attached",
+        "_elector",
+        "_ended",
+        "_lost",
+        "_on_end",
+        "_own_values",
+        "_resigning",
+        "_scopes",
+        "_session",
+        "_value",
+        "key",
+        "lease_id",
+        "name",
+        "started_at",
+        "token",
+    )
+
     def __init__(
         self, elector: Elector, session: Session, name: str, key: bytes, value: bytes, token: int
     ) -> None:
