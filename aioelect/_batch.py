@@ -14,10 +14,11 @@ loop and sends them as a few transactions of up to ``max_ops`` operations:
   fails and its callers are told to fall back to their own transaction
   (rare: it needs a key left by an earlier, timed-out attempt).
 
-A lone request costs the same as before (one call, sent one loop turn
-later). A caller cancelled before its batch is sent is left out of it; one
-cancelled after waits, shielded and bounded, until the batch has landed, so
-that its clean-up cannot overtake its own write.
+A lone read is sent at once from its caller's task (no added latency on a
+handover); the reads that come while it is in flight form the next batch.
+A caller cancelled before its batch is sent is left out of it; one cancelled
+after waits, shielded and bounded, until the batch has landed, so that its
+clean-up cannot overtake its own write.
 """
 
 from __future__ import annotations
@@ -63,14 +64,21 @@ class Batcher:
         self._reads: list[_Pending] = []
         self._creates: list[_Pending] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reading = 0  # read requests in flight
         #: Transactions sent, and requests they carried (for statistics).
         self.batches = 0
         self.requests = 0
 
     async def read(self, ops: Sequence[Any]) -> tuple[int, list[Any]]:
         """Run read-only ``ops`` linearizably; return the revision and their responses."""
-        if len(ops) > self.max_ops:
-            resp = await self._conn.txn([], ops)
+        if len(ops) > self.max_ops or (not self._reads and not self._reading):
+            # Alone (nothing pending or in flight): send it now, in this task, and
+            # let the requests that come meanwhile form the next batch.
+            self._reading += 1
+            try:
+                resp = await self._conn.txn([], ops)
+            finally:
+                self._reading -= 1
             return int(resp.header.revision), list(resp.responses)
         entry = _Pending(asyncio.get_running_loop().create_future(), ops=ops)
         if not self._reads:
@@ -162,6 +170,7 @@ class Batcher:
             self._spawn(chunk, self._send_creates(chunk))
 
     async def _send_reads(self, chunk: list[_Pending]) -> None:
+        self._reading += 1
         try:
             resp = await self._conn.txn([], [op for entry in chunk for op in entry.ops])
         except (EtcdError, asyncio.CancelledError) as exc:
@@ -171,6 +180,8 @@ class Batcher:
                 return
             _fail(chunk, exc)
             return
+        finally:
+            self._reading -= 1
         revision = int(resp.header.revision)
         responses = list(resp.responses)
         at = 0
