@@ -1,0 +1,159 @@
+"""The Batcher: requests of one loop turn share transactions, each caller gets its own answer."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from helpers import ElectorFactory, keys_under
+
+from aioelect._batch import Batcher
+from aioelect._connection import Connection
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_concurrent_reads_share_transactions_and_get_their_own_slice(
+    raw: Connection, etcd_prefix: str
+) -> None:
+    batcher = Batcher(raw)
+    n = 300
+    for i in range(n):
+        await raw.txn([], [raw.op_put(f"{etcd_prefix}/r/{i:04d}".encode(), str(i).encode())])
+    answers: dict[int, tuple[int, bytes]] = {}
+
+    async def read(i: int) -> None:
+        revision, (resp,) = await batcher.read([raw.op_get(f"{etcd_prefix}/r/{i:04d}".encode())])
+        answers[i] = (revision, resp.response_range.kvs[0].value)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(read, i)
+    assert {i: v for i, (_, v) in answers.items()} == {i: str(i).encode() for i in range(n)}
+    # The first read went alone; the other 299 share ceil(299 / 128) = 3 transactions.
+    assert batcher.batches == 3
+    assert batcher.requests == n - 1
+    assert len({rev for rev, _ in answers.values()}) <= 4
+
+
+async def test_concurrent_creates_share_one_revision_and_each_key_exists(
+    raw: Connection, etcd_prefix: str
+) -> None:
+    batcher = Batcher(raw)
+    lease, _ = await raw.grant(10)
+    tokens: dict[int, int | None] = {}
+
+    async def create(i: int) -> None:
+        tokens[i] = await batcher.create(f"{etcd_prefix}/c/{i}".encode(), b"v", lease)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(200):
+            tg.start_soon(create, i)
+    assert batcher.batches == 2  # 128 + 72
+    kvs = await keys_under(raw, f"{etcd_prefix}/c/")
+    assert len(kvs) == 200
+    by_key = {kv.key: kv for kv in kvs}
+    for i, token in tokens.items():
+        kv = by_key[f"{etcd_prefix}/c/{i}".encode()]
+        assert token == kv.create_revision
+        assert kv.lease == lease
+    await raw.revoke(lease)
+
+
+async def test_a_batch_with_an_existing_key_tells_every_caller_to_check_alone(
+    raw: Connection, etcd_prefix: str
+) -> None:
+    batcher = Batcher(raw)
+    await raw.txn([], [raw.op_put(f"{etcd_prefix}/e/3".encode(), b"old")])
+    results: dict[int, int | None] = {}
+
+    async def create(i: int) -> None:
+        results[i] = await batcher.create(f"{etcd_prefix}/e/{i}".encode(), b"new", 0)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(5):
+            tg.start_soon(create, i)
+    assert results == dict.fromkeys(range(5))
+    # Nothing of the failed batch was written.
+    kvs = await keys_under(raw, f"{etcd_prefix}/e/")
+    assert [(kv.key, kv.value) for kv in kvs] == [(f"{etcd_prefix}/e/3".encode(), b"old")]
+
+
+async def test_batches_shrink_when_etcd_refuses_their_size(
+    raw: Connection, etcd_prefix: str
+) -> None:
+    """etcd refuses more than --max-txn-ops (128 by default) ops: halve and resend."""
+    batcher = Batcher(raw, max_ops=300)
+    tokens: list[int | None] = []
+
+    async def create(i: int) -> None:
+        tokens.append(await batcher.create(f"{etcd_prefix}/s/{i}".encode(), b"v", 0))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(250):
+            tg.start_soon(create, i)
+    assert batcher.max_ops <= 128
+    assert len(tokens) == 250
+    assert None not in tokens
+    assert len(await keys_under(raw, f"{etcd_prefix}/s/")) == 250
+
+
+async def test_a_create_cancelled_before_its_batch_is_sent_writes_nothing(
+    raw: Connection, etcd_prefix: str
+) -> None:
+    batcher = Batcher(raw)
+    with anyio.CancelScope() as scope:
+        scope.cancel()  # cancelled at its first await: before the flush
+        await batcher.create(f"{etcd_prefix}/x".encode(), b"v", 0)
+    await anyio.sleep(0)  # one loop turn: the flush, scheduled before, runs first
+    assert batcher.batches == 0
+    assert await keys_under(raw, f"{etcd_prefix}/x") == []
+
+
+async def test_many_holds_and_observers_start_with_few_requests(
+    make_elector: ElectorFactory,
+) -> None:
+    """500 holds and 500 observers of distinct elections: a few dozen transactions."""
+    elector = await make_elector(ttl=10)
+    n = 500
+    running = 0
+    all_running = anyio.Event()
+    stop = anyio.Event()
+
+    def one_more() -> None:
+        nonlocal running
+        running += 1
+        if running == 2 * n:
+            all_running.set()
+
+    async def hold(i: int) -> None:
+        async with elector.hold(f"m{i}", "v"):
+            one_more()
+            await stop.wait()
+
+    async def observe(i: int) -> None:
+        async with elector.observe(f"m{i}") as leaders:
+            async for info in leaders:
+                if info is not None:
+                    break
+            one_more()
+            await stop.wait()
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(hold, i)
+            tg.start_soon(observe, i)
+        await all_running.wait()
+        stats = elector._batcher
+        # Creates: 4 batches of <= 128; confirm reads and barriers: a few more.
+        assert stats.requests >= 2 * n
+        assert stats.batches <= 40
+        assert len(elector.terms()) == n
+        stop.set()
+
+
+async def test_lone_read_is_sent_without_a_batch(raw: Connection) -> None:
+    batcher = Batcher(raw)
+    revision, responses = await batcher.read([])
+    assert revision > 0
+    assert responses == []
+    assert batcher.batches == 0
