@@ -583,6 +583,22 @@ async def section_scale(ctx: Ctx) -> dict[str, Any]:
         r.setdefault("n", n)
         runs.append(r)
         await _settle(ctx)
+    # The largest size again, started the other ways: GC paused during the start
+    # (the README's advice for mass starts), and each task an anyio TaskGroup task.
+    variants: list[dict[str, Any]] = []
+    big = max(ctx.n["scale_sizes"])
+    for label, extra in (("gc paused", ["--gc-paused"]), ("anyio tasks", ["--spawn", "anyio"])):
+        log(f"  scale N={big}, {label}")
+        argv = [
+            sys.executable, str(HERE / "_scale.py"), "--endpoint", ctx.endpoint,
+            "--prefix", f"{ctx.prefix}/scale{big}v", "--n", str(big), "--trials", "20",
+            "--idle", "2", "--start-timeout", str(ctx.n["scale_start_timeout"]), *extra,
+        ]  # fmt: skip
+        r = await _run_json(argv, ctx.n["scale_timeout"])
+        r.setdefault("n", big)
+        r["variant"] = label
+        variants.append(r)
+        await _settle(ctx)
     traced: list[dict[str, Any]] = []
     for n in ctx.n["tracemalloc_sizes"]:
         for mode in ("hold", "observe"):
@@ -597,7 +613,7 @@ async def section_scale(ctx: Ctx) -> dict[str, Any]:
             r.setdefault("mode", mode)
             traced.append(r)
             await _settle(ctx)
-    return {"runs": runs, "traced": traced}
+    return {"runs": runs, "traced": traced, "variants": variants}
 
 
 async def section_churn(ctx: Ctx) -> dict[str, Any]:
