@@ -16,7 +16,7 @@ loop and sends them as a few transactions of up to ``max_ops`` operations:
 
 A lone read is sent at once from its caller's task (no added latency on a
 handover); the reads that come while it is in flight form the next batch.
-A caller cancelled before its batch is sent is left out of it; one cancelled
+A caller cancelled before its batch is sent is left out of it; a create cancelled
 after waits, shielded and bounded, until the batch has landed, so that its
 clean-up cannot overtake its own write.
 """
@@ -32,7 +32,7 @@ from typing import Any
 import anyio
 
 from ._connection import Connection
-from ._exceptions import EtcdError
+from ._exceptions import ElectorClosed, EtcdError
 
 __all__ = ("Batcher",)
 
@@ -58,8 +58,13 @@ class _Pending:
 class Batcher:
     """Batches the reads and creates of one connection (see the module docstring)."""
 
-    def __init__(self, conn: Connection, max_ops: int = MAX_OPS) -> None:
+    def __init__(
+        self, conn: Connection, max_ops: int = MAX_OPS, barrier_key: bytes = b"\0"
+    ) -> None:
         self._conn = conn
+        # etcd answers a Txn without operations serializably (from the member's own
+        # state): a batch of reads that carries no operation gets this one get.
+        self._barrier = [conn.op_get(barrier_key)]
         self.max_ops = max_ops
         self._reads: list[_Pending] = []
         self._creates: list[_Pending] = []
@@ -70,16 +75,19 @@ class Batcher:
         self.requests = 0
 
     async def read(self, ops: Sequence[Any]) -> tuple[int, list[Any]]:
-        """Run read-only ``ops`` linearizably; return the revision and their responses."""
+        """Run read-only ``ops`` linearizably; return the revision and their responses.
+
+        With no ``ops``, a linearizable barrier: the store revision as of now.
+        """
         if len(ops) > self.max_ops or (not self._reads and not self._reading):
             # Alone (nothing pending or in flight): send it now, in this task, and
             # let the requests that come meanwhile form the next batch.
             self._reading += 1
             try:
-                resp = await self._conn.txn([], ops)
+                resp = await self._conn.txn([], ops or self._barrier)
             finally:
                 self._reading -= 1
-            return int(resp.header.revision), list(resp.responses)
+            return int(resp.header.revision), list(resp.responses)[: len(ops)]
         entry = _Pending(asyncio.get_running_loop().create_future(), ops=ops)
         if not self._reads:
             asyncio.get_running_loop().call_soon(self._flush_reads)
@@ -111,16 +119,17 @@ class Batcher:
             return await entry.future
         except BaseException:
             sent = entry.sent
-            if sent is not None and not sent.done():
+            if entry.key and sent is not None and not sent.done():
                 # Let the batch land first, so that the caller's clean-up follows it.
                 with anyio.CancelScope(shield=True):
                     await asyncio.wait({sent}, timeout=self._conn.timeout)
             raise
 
     def close(self) -> None:
-        """Cancel the batches in flight (their callers see the cancellation)."""
+        """Cancel the batches in flight; their callers get ElectorClosed."""
         for entry in self._reads + self._creates:
-            entry.future.cancel()
+            if not entry.future.done():
+                entry.future.set_exception(ElectorClosed("the elector was closed"))
         self._reads.clear()
         self._creates.clear()
         for task in self._tasks:
@@ -172,13 +181,17 @@ class Batcher:
     async def _send_reads(self, chunk: list[_Pending]) -> None:
         self._reading += 1
         try:
-            resp = await self._conn.txn([], [op for entry in chunk for op in entry.ops])
-        except (EtcdError, asyncio.CancelledError) as exc:
+            resp = await self._conn.txn(
+                [], [op for entry in chunk for op in entry.ops] or self._barrier
+            )
+        except BaseException as exc:
             if isinstance(exc, EtcdError) and _too_big(exc) and len(chunk) > 1:
                 self._shrink(len(chunk))
                 self._resend(chunk, self._send_reads, by_ops=True)
                 return
             _fail(chunk, exc)
+            if not isinstance(exc, Exception):
+                raise
             return
         finally:
             self._reading -= 1
@@ -198,12 +211,14 @@ class Batcher:
                 [conn.cmp_create(e.key, 0) for e in chunk],
                 [conn.op_put(e.key, e.value, e.lease) for e in chunk],
             )
-        except (EtcdError, asyncio.CancelledError) as exc:
+        except BaseException as exc:
             if isinstance(exc, EtcdError) and _too_big(exc) and len(chunk) > 1:
                 self._shrink(len(chunk))
                 self._resend(chunk, self._send_creates, by_ops=False)
                 return
             _fail(chunk, exc)
+            if not isinstance(exc, Exception):
+                raise
             return
         result = int(resp.header.revision) if resp.succeeded else None
         for entry in chunk:
@@ -225,9 +240,10 @@ def _too_big(exc: EtcdError) -> bool:
 
 
 def _fail(chunk: list[_Pending], exc: BaseException) -> None:
+    if isinstance(exc, asyncio.CancelledError):  # the batch was cancelled: the elector closed
+        exc = ElectorClosed("the elector was closed")
+    elif not isinstance(exc, Exception):
+        exc = EtcdError(f"request failed: {exc!r}")
     for entry in chunk:
         if not entry.future.done():
-            if isinstance(exc, asyncio.CancelledError):
-                entry.future.cancel()
-            else:
-                entry.future.set_exception(exc)
+            entry.future.set_exception(exc)

@@ -183,9 +183,22 @@ async def _see_own_key(
     Waits for events, never for a bare revision: etcd before 3.5.8 may send a
     progress notification ahead of the events it covers (etcd #15220). A
     compaction resync (a range read) also counts. Returns False when our key
-    is gone by then (deleted, or its lease expired).
+    is gone by then (deleted, or its lease expired), or the session is lost.
     """
-    await elector._mirror.seen(token)
+    future = elector._mirror.seen_future(token)
+    if future is not None:
+
+        def lost(_reason: str) -> None:
+            if not future.done():
+                future.set_result(None)
+
+        unsubscribe = session.on_lost(lost)
+        try:
+            await future
+        finally:
+            unsubscribe()
+    if session.is_lost:
+        return False
     own = view.kvs.get(key)
     return own is not None and own.create_revision == token
 

@@ -126,7 +126,7 @@ class Elector:
             )
         self._root = (self.prefix + "/").encode()
         self._mirror = Mirror(self._conn, self._root)
-        self._batcher = Batcher(self._conn)
+        self._batcher = Batcher(self._conn, barrier_key=self._root)
         self._state = "new"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tg: TaskGroup | None = None
@@ -204,7 +204,7 @@ class Elector:
                     self._embedded.endpoint, timeout=self._config.request_timeout
                 )
                 self._mirror = Mirror(self._conn, self._root)
-                self._batcher = Batcher(self._conn)
+                self._batcher = Batcher(self._conn, barrier_key=self._root)
             await self._open()
         except BaseException:
             await self._teardown()

@@ -78,6 +78,7 @@ class HoldBlock:
         assert term is not None
         assert scope is not None
         self._scope = None
+        reason: str | None = None
         try:
             try:
                 swallowed = bool(scope.__exit__(exc_type, exc, tb))
@@ -93,12 +94,16 @@ class HoldBlock:
                 and cancellation_was_ours(term)
             ):
                 swallowed = True
-            term._drop_scope(scope)
-            reason = term.end_reason
-            with anyio.CancelScope(shield=True):
-                await term.resign()
         finally:
-            self._elector._busy.discard(self._name)
+            # Whatever the scope raised (e.g. exited from another task), give the
+            # election up and free the name.
+            try:
+                term._drop_scope(scope)
+                reason = term.end_reason
+                with anyio.CancelScope(shield=True):
+                    await term.resign()
+            finally:
+                self._elector._busy.discard(self._name)
         if (exc is None or swallowed) and reason is not None and reason != RESIGNED:
             raise LeadershipLost(self._name, reason) from None
         return swallowed
@@ -120,8 +125,9 @@ class ObserveBlock:
             raise ConfigError("observe", "this observe() block is in use; call observe() again")
         elector._check_usable()
         name = self._name = check_name(self._name)
-        revision, _ = await elector._batcher.read(())
+        revision, _ = await elector._batcher.read(())  # a linearizable barrier
         await elector._mirror.sync(revision)
+        elector._check_usable()  # closed meanwhile: do not register after the teardown
         view = elector._mirror.view(name)
         observer = self._observer = Observer()
         view.leader_listeners.append(observer)

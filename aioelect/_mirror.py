@@ -28,7 +28,7 @@ import anyio
 
 from ._backoff import Backoff
 from ._connection import KV, Connection, WatchBatch, WatchStream
-from ._exceptions import AuthenticationFailed, EtcdError
+from ._exceptions import AuthenticationFailed, ElectorClosed, EtcdError
 from ._keys import TRANSFER_SUFFIX, prefix_range_end, split_key, split_transfer_key
 from ._models import LeaderInfo
 
@@ -48,20 +48,32 @@ class LeaderListener(Protocol):
 class _Waiters:
     """Futures waiting for a revision, resolved in revision order (a heap)."""
 
-    __slots__ = ("_heap", "_seq")
+    __slots__ = ("_failed", "_heap", "_seq")
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, asyncio.Future[None]]] = []
         self._seq = 0
+        self._failed: BaseException | None = None
 
     def __bool__(self) -> bool:
         return bool(self._heap)
 
     def add(self, revision: int) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._failed is not None:
+            future.set_exception(self._failed)
+            return future
         self._seq += 1
         heapq.heappush(self._heap, (revision, self._seq, future))
         return future
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail every waiter, and those that come later (the mirror stopped)."""
+        self._failed = exc
+        heap, self._heap = self._heap, []
+        for _, _, future in heap:
+            if not future.done():
+                future.set_exception(exc)
 
     def advance(self, revision: int) -> None:
         heap = self._heap
@@ -287,10 +299,14 @@ class Mirror:
         self._waiting.set()
         await future
 
-    async def seen(self, revision: int) -> None:
-        """Wait until every event up to ``revision`` has been applied (no progress request)."""
-        if self.seen_revision < revision:
-            await self._seen_waiters.add(revision)
+    def seen_future(self, revision: int) -> asyncio.Future[None] | None:
+        """A future resolved once every event up to ``revision`` has been applied.
+
+        None if that is already the case. No progress request is made for it.
+        """
+        if self.seen_revision >= revision:
+            return None
+        return self._seen_waiters.add(revision)
 
     async def _request_progress(self) -> None:
         """While sync() waiters wait, ask for a progress notification every 50 ms."""
@@ -307,9 +323,14 @@ class Mirror:
 
     async def run(self) -> None:
         """Follow the watch stream forever, reconnecting and resyncing as needed."""
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._request_progress)
-            await self._follow()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._request_progress)
+                await self._follow()
+        finally:
+            # Nobody would wake the waiters any more: fail them instead of leaving them hanging.
+            for waiters in (self._sync_waiters, self._seen_waiters):
+                waiters.fail(ElectorClosed("the elector's watch stopped (elector closed)"))
 
     async def _follow(self) -> None:
         backoff = Backoff(initial=0.05, cap=1.0)

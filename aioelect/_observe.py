@@ -58,9 +58,13 @@ class Observer:
             if waiter is None or waiter.done():
                 waiter = self._waiter = asyncio.get_running_loop().create_future()
             await waiter
-        item = self._items[self._head]
+        items = self._items
+        item = items[self._head]
         self._head += 1
-        if self._head == len(self._items):
-            self._items.clear()
+        if self._head == len(items):
+            items.clear()
+            self._head = 0
+        elif self._head >= 64 and self._head * 2 > len(items):
+            del items[: self._head]  # a consumer lagging behind: drop what it consumed
             self._head = 0
         return item

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 from helpers import ElectorFactory, keys_under
 
+import aioelect
 from aioelect._batch import Batcher
 from aioelect._connection import Connection
+from aioelect.testing import EtcdServer
 
 pytestmark = pytest.mark.asyncio
 
@@ -104,7 +107,7 @@ async def test_a_create_cancelled_before_its_batch_is_sent_writes_nothing(
     with anyio.CancelScope() as scope:
         scope.cancel()  # cancelled at its first await: before the flush
         await batcher.create(f"{etcd_prefix}/x".encode(), b"v", 0)
-    await anyio.sleep(0)  # one loop turn: the flush, scheduled before, runs first
+    await anyio.lowlevel.checkpoint()  # one loop turn: the flush, scheduled before, runs first
     assert batcher.batches == 0
     assert await keys_under(raw, f"{etcd_prefix}/x") == []
 
@@ -151,9 +154,91 @@ async def test_many_holds_and_observers_start_with_few_requests(
         stop.set()
 
 
-async def test_lone_read_is_sent_without_a_batch(raw: Connection) -> None:
-    batcher = Batcher(raw)
+async def test_lone_barrier_is_sent_without_a_batch_and_sees_the_last_write(
+    raw: Connection, etcd_prefix: str
+) -> None:
+    batcher = Batcher(raw, barrier_key=etcd_prefix.encode())
+    put = await raw.txn([], [raw.op_put(f"{etcd_prefix}/b".encode(), b"v")])
     revision, responses = await batcher.read([])
-    assert revision > 0
+    assert revision >= put.header.revision
     assert responses == []
     assert batcher.batches == 0
+
+
+async def test_a_batch_failing_unexpectedly_fails_its_callers_instead_of_hanging(
+    raw: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batcher = Batcher(raw)
+
+    async def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("channel closed")
+
+    monkeypatch.setattr(raw, "txn", broken)
+    errors: list[BaseException] = []
+
+    async def read() -> None:
+        try:
+            await batcher.read([raw.op_get(b"/k")])
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(read)
+    assert len(errors) == 3  # the lone one and the two batched
+
+
+async def test_closing_the_batcher_fails_waiting_callers_with_elector_closed(
+    raw: Connection,
+) -> None:
+    batcher = Batcher(raw)
+    raised: list[BaseException] = []
+
+    async def create(i: int) -> None:
+        try:
+            await batcher.create(f"/never/{i}".encode(), b"v", 0)
+        except aioelect.ElectorClosed as exc:
+            raised.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(3):
+            tg.start_soon(create, i)
+        await anyio.lowlevel.checkpoint()  # the three wait for their (not yet sent) batch
+        batcher.close()
+    assert len(raised) == 3
+    assert batcher.batches == 0
+
+
+async def test_campaign_waiting_for_its_own_event_ends_when_the_elector_closes(
+    etcd: EtcdServer, etcd_prefix: str, raw: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch delivers nothing (stalled): closing the elector ends the campaign, no hang."""
+    created = anyio.Event()
+    outcome: list[BaseException] = []
+    async with aioelect.Elector(endpoints=etcd.endpoints, prefix=etcd_prefix, ttl=2) as elector:
+        monkeypatch.setattr(elector._mirror, "apply_batch", lambda batch: None)
+        original = elector._batcher.create
+
+        async def create(*args: object) -> int | None:
+            token = await original(*args)  # type: ignore[arg-type]
+            created.set()
+            return token
+
+        monkeypatch.setattr(elector._batcher, "create", create)
+
+        async def campaign() -> None:
+            try:
+                async with elector.hold("stalled", "v"):
+                    pass
+            except aioelect.ElectorClosed as exc:
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(campaign)
+            await created.wait()
+            assert len(await keys_under(raw, f"{etcd_prefix}/stalled/")) == 1
+            with anyio.fail_after(10):
+                await elector.__aexit__(None, None, None)
+    assert len(outcome) == 1
+    assert await keys_under(raw, f"{etcd_prefix}/stalled/") == []

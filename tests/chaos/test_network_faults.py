@@ -189,15 +189,18 @@ async def test_blackholed_client_backs_off(
                 async with a.hold("third", "a"):
                     await anyio.sleep_forever()
 
+            observing = anyio.Event()
+
             async def observe() -> None:
                 async with a.observe("job") as leaders:
                     async for _ in leaders:
-                        pass
+                        observing.set()
 
             tg.start_soon(hold_third)
             await eventually(lambda: _leader_is(b, "third"), what="b holds third")
             tg.start_soon(wait_third)
             tg.start_soon(observe)
+            await observing.wait()  # its first read done: the outage starts after
             await eventually(
                 lambda: _count(raw, f"{etcd_prefix}/other/", 2), what="a waits in other"
             )
