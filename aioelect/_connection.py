@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import os
 import socket
 from collections.abc import Awaitable, Iterator, Sequence
@@ -207,13 +208,18 @@ async def grpc_await(awaitable: Awaitable[T]) -> T:
 
     When its task is cancelled, grpc.aio raises a new ``CancelledError`` that
     lacks the message anyio's cancel scopes recognise theirs by, so a scope
-    would let it escape. After such an error, a checkpoint lets a cancelled
-    scope deliver its own cancellation; a plain ``Task.cancel()`` re-raises.
+    would let it escape. After such an error, while an enclosing scope is
+    cancelled, checkpoints let it deliver its own cancellation (anyio delivers
+    it from a callback that a single checkpoint may miss); after a plain
+    ``Task.cancel()`` the error is re-raised as it is.
     """
     try:
         return await awaitable
     except asyncio.CancelledError:
-        await anyio.lowlevel.checkpoint()
+        for _ in range(1000):  # bounded: anyio delivers within a few loop turns
+            if anyio.current_effective_deadline() != -math.inf:
+                break  # no enclosing scope is cancelled: a plain Task.cancel()
+            await anyio.lowlevel.checkpoint()
         raise
 
 
@@ -543,8 +549,7 @@ class Connection:
 
     async def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
         if self._in_flight is None:
-            # fast_acquire: no extra turn of the loop per request while under the bound.
-            self._in_flight = anyio.Semaphore(self.MAX_IN_FLIGHT, fast_acquire=True)
+            self._in_flight = anyio.Semaphore(self.MAX_IN_FLIGHT)
         async with self._in_flight:
             return await self._unary_now(method, request, timeout)
 

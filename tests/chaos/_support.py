@@ -146,7 +146,12 @@ class Member:
             if not self.closing:
                 # A cancellation nobody asked for: a task must never die silently.
                 self.failures.append(f"{name}: unexpected {exc!r}")
-                self.emit("run_failed", election=name, error=f"unexpected {exc!r}")
+                self.emit(
+                    "run_failed",
+                    election=name,
+                    error=f"unexpected {exc!r}",
+                    tb=traceback.format_exc(),
+                )
             raise
         else:
             self.emit("run_returned", election=name, asked=self._stops[name].is_set())

@@ -190,7 +190,10 @@ async def test_soak(
         periods, open_terms = leading_periods(events, kill_times)
         assert not open_terms, open_terms[:20]
         assert not check_intervals(periods)
-        assert not [e for e in events if e["event"] in ("run_failed", "garbage")]
+        failed = [e for e in events if e["event"] in ("run_failed", "garbage")]
+        for e in failed[:2]:
+            print(e.get("id"), e.get("election"), e.get("error"), e.get("tb"), sep="\n")
+        assert not failed, [(e.get("id"), e.get("error"), e.get("tb")) for e in failed][:3]
         assert all(analysis.terms.get(name) for name in ELECTIONS)
         elected = [e for e in events if e["event"] == "elected"]
         lines.append(
