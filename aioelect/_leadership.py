@@ -29,7 +29,7 @@ from ._config import check_name, to_bytes
 from ._connection import KV
 from ._exceptions import AioelectError, ConfigError, NotLeader
 from ._models import LeaderInfo
-from ._term import Term, cancellation_was_ours
+from ._term import Term, cancellation_was_ours, scope_cancellation_in_disguise
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -345,9 +345,16 @@ class Leadership:
         """Await on_stepped_down, bounded by the TTL."""
         if self._on_stepped_down is None:
             return
-        with anyio.move_on_after(self._elector._config.ttl) as bound:
-            await self._on_stepped_down(term)
-        if bound.cancelled_caught:
+        bound = anyio.move_on_after(self._elector._config.ttl)
+        try:
+            with bound:
+                await self._on_stepped_down(term)
+        except asyncio.CancelledError:
+            # An etcd call of the callback's own (grpc.aio) may turn the bound's
+            # cancellation into a bare CancelledError: it must not end run().
+            if not scope_cancellation_in_disguise(bound):
+                raise
+        if bound.cancel_called:
             log.warning("on_stepped_down of %r took longer than the TTL: cut short", self.name)
 
     async def _hand_over(self, term: Term, target: KV | None) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -386,6 +387,22 @@ def cancellation_was_ours(term: Term) -> bool:
     when the term ended and nobody else asked to cancel the task.
     """
     if term._ended is None or term._ended == RESIGNED:
+        return False
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or cancelling() == 0
+
+
+def scope_cancellation_in_disguise(scope: anyio.CancelScope) -> bool:
+    """Whether a CancelledError that escaped ``scope`` (already exited) is its own.
+
+    For a scope that bounds user code (e.g. ``on_stepped_down`` cut short at
+    the TTL): grpc.aio turns the scope's cancellation into a bare
+    CancelledError, which the scope lets through. It is the scope's own when
+    the scope was cancelled, no enclosing scope is cancelled, and nobody
+    called ``Task.cancel()``.
+    """
+    if not scope.cancel_called or anyio.current_effective_deadline() == -math.inf:
         return False
     task = asyncio.current_task()
     cancelling = getattr(task, "cancelling", None)

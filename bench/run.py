@@ -214,19 +214,17 @@ class Marks:
         marks = self.marks
         txn, rng, apply = Connection.txn, Connection.range, Mirror.apply_batch
 
-        async def txn_(self: Connection, *a: Any, **k: Any) -> Any:
-            marks.append((now_ns(), "req>", id(self)))
-            try:
-                return await txn(self, *a, **k)
-            finally:
-                marks.append((now_ns(), "req<", id(self)))
+        def timed(request: Callable[..., Any]) -> Callable[..., Any]:
+            async def wrapper(self: Connection, *a: Any, **k: Any) -> Any:
+                marks.append((now_ns(), "req>", id(self)))
+                try:
+                    return await request(self, *a, **k)
+                finally:
+                    marks.append((now_ns(), "req<", id(self)))
 
-        async def range_(self: Connection, *a: Any, **k: Any) -> Any:
-            marks.append((now_ns(), "req>", id(self)))
-            try:
-                return await rng(self, *a, **k)
-            finally:
-                marks.append((now_ns(), "req<", id(self)))
+            return wrapper
+
+        txn_, range_ = timed(txn), timed(rng)
 
         def apply_(self: Mirror, batch: Any) -> None:
             if batch.events:

@@ -11,6 +11,7 @@ from helpers import ElectorFactory, eventually, keys_under
 import aioelect
 from aioelect._connection import Connection
 from aioelect._keys import candidate_key
+from aioelect.testing import FaultProxy
 
 pytestmark = pytest.mark.asyncio
 
@@ -397,3 +398,43 @@ async def test_leader_lease_close_ends_the_term(make_elector: ElectorFactory) ->
             await rec.down_event.wait()
         lead.stop()
     assert rec.stepped_down[0] is rec.elected[0]
+
+
+async def test_on_stepped_down_cut_short_inside_a_raw_etcd_call(
+    make_elector: ElectorFactory, fault_proxy: FaultProxy
+) -> None:
+    """on_stepped_down is cut short at the TTL even while it waits in an aetcd call of its
+    own: grpc.aio turns that cut into a bare CancelledError, which must not end run()
+    (found by the long soak). run() goes on campaigning, and stop() later returns."""
+    a = await make_elector(ttl=1)
+    hung = Connection.create(fault_proxy.endpoint, timeout=60)
+    await hung.connect()
+    fault_proxy.blackhole()  # every call of `hung` now waits until cancelled
+    elected = 0
+    cut: list[bool] = []
+
+    async def on_elected(term: aioelect.Term) -> bool:
+        nonlocal elected
+        elected += 1
+        if elected == 1:
+            return False  # decline: on_stepped_down runs, and hangs
+        lead.stop()
+        return True
+
+    async def on_stepped_down(term: aioelect.Term) -> None:
+        if elected == 1:
+            try:
+                await hung.client.get(b"anything")  # raw aetcd: no grpc_await
+            except BaseException:
+                cut.append(True)
+                raise
+
+    lead = a.leadership("job", "a", on_elected=on_elected, on_stepped_down=on_stepped_down)
+    try:
+        with anyio.fail_after(15):
+            await lead.run()  # returns normally: no CancelledError escapes
+    finally:
+        fault_proxy.heal()
+        await hung.close()
+    assert cut == [True]
+    assert elected == 2

@@ -23,6 +23,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -853,6 +854,58 @@ def check_intervals(periods: Iterable[Period]) -> list[str]:
             if latest is None or p.end > latest.end:
                 latest = p
     return problems
+
+
+def explain_overlaps(
+    problems: list[str],
+    events: list[Event],
+    timeline: list[dict[str, Any]],
+    history: History | None = None,
+    limit: int = 3,
+) -> str:
+    """The story behind overlapping periods (see :func:`check_intervals`): every event of
+    the terms involved, the chaos actions on their processes around that time, and
+    etcd's changes of the election's keys, on one time line."""
+    out: list[str] = []
+    for problem in problems[:limit]:
+        m = re.match(r"(\S+): (\S+) term (\d+) started .* before (\S+) term (\d+) ended", problem)
+        if m is None:
+            continue
+        name, who_new, new, who_old, old = m.groups()
+        tokens = {int(new), int(old)}
+        trail = [e for e in events if e.get("election") == name and e.get("token") in tokens]
+        times = [float(e["t"]) for e in trail if "t" in e]
+        lo, hi = (min(times) - 3.0, max(times) + 1.0) if times else (0.0, float("inf"))
+        ids = {who_new, who_old}
+        trail += [
+            {"event": f"chaos {a['action']}", **a}
+            for a in timeline
+            if a["id"] in ids and lo <= float(a["t"]) <= hi
+        ]
+        trail += [
+            {"event": e["event"], "id": e["id"], "t": e["t"], "detail": e}
+            for e in events
+            if e["event"] == "woke" and e["id"] in ids and lo <= float(e["t"]) <= hi
+        ]
+        out.append(f"--- {problem}")
+        for e in sorted(trail, key=lambda e: float(e.get("t", 0.0))):
+            fields = {k: v for k, v in e.items() if k not in ("event", "id", "t", "pid")}
+            out.append(f"{float(e.get('t', 0.0)):.3f} {e['id']:>6} {e['event']:<16} {fields}")
+        if history is not None:
+            prefix = f"{history.prefix}/{name}/".encode()
+            keys = {
+                c.kv.key
+                for c in history.changes
+                if c.is_put and c.kv.key.startswith(prefix) and c.kv.create_revision in tokens
+            }
+            for c in history.changes:
+                if c.kv.key in keys:
+                    kind = "put" if c.is_put else "delete"
+                    out.append(
+                        f"  etcd rev {c.revision}: {kind} {c.kv.key.decode()} "
+                        f"create_rev {c.kv.create_revision} lease {c.kv.lease:x}"
+                    )
+    return "\n".join(out)
 
 
 def unmatched_elections(events: Iterable[Event], killed: set[Any]) -> list[str]:

@@ -8,6 +8,7 @@ The default run does a short soak (``AIOELECT_SOAK_SHORT_SECONDS``, 25 s of chao
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -24,6 +25,7 @@ from _support import (
     analyse,
     check_intervals,
     check_logs_against_history,
+    explain_overlaps,
     fmt_times,
     leading_periods,
     report,
@@ -84,6 +86,7 @@ async def test_soak(
     host, _, port = etcd.endpoints[0].rpartition(":")
     proxies: list[FaultProxy] = []
     done: Counter[str] = Counter()
+    timeline: list[dict[str, object]] = []  # every chaos action, for post-mortems
     kills: list[tuple[CandidateProc, list[str], float]] = []
 
     def spawn(slot_index: int, proxy: FaultProxy, generation: int) -> CandidateProc:
@@ -113,7 +116,7 @@ async def test_soak(
                     done["rounds"] += 1
                     now = time.monotonic()
                     for s in slots:
-                        _due(s, now, done)
+                        _due(s, now, done, timeline)
                     action = rng.choices(list(ACTIONS), weights=list(ACTIONS.values()))[0]
                     healthy = [s for s in slots if s.fault is None]
                     faulted = len(slots) - len(healthy)
@@ -123,6 +126,7 @@ async def test_soak(
                     leaders = [(h, name) for h in healthy for name in h.leading()]
                     if action in ("resign", "kill") and leaders and rng.random() < 0.7:
                         s, name = rng.choice(leaders)  # aim at a leader
+                    timeline.append({"t": now, "action": action, "id": s.proc.ident})
                     if action == "resign":
                         leading = s.leading()
                         if leading:
@@ -155,12 +159,18 @@ async def test_soak(
                         done[action] += 1
                 # Wind down: end every fault, restart every stopped Leadership.
                 for s in slots:
-                    _due(s, float("inf"), done)
-                with anyio.fail_after(30):
+                    _due(s, float("inf"), done, timeline)
+                with anyio.move_on_after(30):
                     while any(s.restarts for s in slots):
                         for s in slots:
-                            _due(s, float("inf"), done)
+                            _due(s, float("inf"), done, timeline)
                         await anyio.sleep(0.05)
+                failed = [e for e in procs.events() if e["event"] == "run_failed"]
+                for e in failed[:2]:
+                    print(e["id"], e["election"], e["error"], e.get("tb"), sep="\n")
+                assert not failed, [(e["id"], e["election"], e["error"]) for e in failed[:5]]
+                pending = {s.proc.ident: sorted(s.restarts) for s in slots if s.restarts}
+                assert not pending, f"Leadership.stop() still not done after 30 s: {pending}"
                 for s in slots:
                     s.proc.send("stats")
                 for s in slots:
@@ -176,6 +186,9 @@ async def test_soak(
         finally:
             for proxy in proxies:
                 proxy.close()
+            (procs.log_dir / "actions.jsonl").write_text(
+                "".join(json.dumps(a) + "\n" for a in timeline)
+            )
         events = procs.events()
         killed = {i for i, p in enumerate(procs.all) if p.killed_at is not None}
         kill_times = {i: p.killed_at for i, p in enumerate(procs.all) if p.killed_at is not None}
@@ -189,10 +202,11 @@ async def test_soak(
         assert not unmatched_elections(events, killed)
         periods, open_terms = leading_periods(events, kill_times)
         assert not open_terms, open_terms[:20]
-        assert not check_intervals(periods)
+        overlaps = check_intervals(periods)
+        if overlaps:
+            print(explain_overlaps(overlaps, events, timeline, history))
+        assert not overlaps
         failed = [e for e in events if e["event"] in ("run_failed", "garbage")]
-        for e in failed[:2]:
-            print(e.get("id"), e.get("election"), e.get("error"), e.get("tb"), sep="\n")
         assert not failed, [(e.get("id"), e.get("error"), e.get("tb")) for e in failed][:3]
         assert all(analysis.terms.get(name) for name in ELECTIONS)
         elected = [e for e in events if e["event"] == "elected"]
@@ -203,9 +217,11 @@ async def test_soak(
         )
 
 
-def _due(slot: Slot, now: float, done: Counter[str]) -> None:
+def _due(slot: Slot, now: float, done: Counter[str], timeline: list[dict[str, object]]) -> None:
     """Run what is due for ``slot``: end its fault, start stopped Leaderships again."""
     if slot.fault is not None and now >= slot.fault_until:
+        ended = {"t": time.monotonic(), "action": f"end {slot.fault}", "id": slot.proc.ident}
+        timeline.append(ended)
         if slot.fault == "pause":
             slot.proc.resume()
         else:
