@@ -59,6 +59,7 @@ async def campaign(
     while True:
         session = await elector._wait_session()
         key = candidate_key(elector.prefix, name, session.lease_id)
+        token: int | None = None
         try:
             if reclaim_stale:
                 await _reclaim(elector, name, value, session.lease_id)
@@ -75,9 +76,13 @@ async def campaign(
             log.debug("campaign for %r: %s; retrying", name, exc)
             await anyio.sleep(backoff.next())
         except BaseException:
+            # Guarded by our token when we know it: a delete that times out here may
+            # still land later, and must not remove a later campaign's key (same
+            # lease, same key name) that won meanwhile.
+            guard = [] if token is None else [conn.cmp_create(key, token)]
             with anyio.CancelScope(shield=True), anyio.move_on_after(conn.timeout):
                 try:
-                    await conn.txn([], [conn.op_delete(key)])
+                    await conn.txn(guard, [conn.op_delete(key)])
                 except EtcdError as exc:
                     log.debug("campaign for %r: could not delete %r: %s", name, key, exc)
             raise
