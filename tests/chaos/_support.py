@@ -399,6 +399,7 @@ class CandidateProc:
         self.events: list[Event] = []
         self.killed_at: float | None = None
         self.paused_at: float | None = None
+        self.pauses: list[tuple[float, float]] = []  # (SIGSTOP, SIGCONT) instants
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, name=f"stdout {ident}", daemon=True)
         self._reader.start()
@@ -473,7 +474,27 @@ class CandidateProc:
 
     def resume(self) -> None:
         os.kill(self.pid, signal.SIGCONT)
+        if self.paused_at is not None:
+            self.pauses.append((self.paused_at, time.monotonic()))
         self.paused_at = None
+
+    def last_alive(self) -> float | None:
+        """When a killed process last ran (None if it was not killed).
+
+        The kill instant, unless the kill came right after a pause from which
+        the process was never seen waking up (its watchdog reports ``woke``
+        within 50 ms of running again): it then last ran when it was paused.
+        """
+        if self.killed_at is None:
+            return None
+        if self.paused_at is not None:  # killed while paused
+            return self.paused_at
+        if self.pauses:
+            paused, resumed = self.pauses[-1]
+            woke = any(float(e["t"]) >= resumed for e in self.find("woke"))
+            if not woke and 0 <= self.killed_at - resumed < 0.05:
+                return paused
+        return self.killed_at
 
     def kill(self) -> float:
         """SIGKILL the process, reap it, and return when it was killed (monotonic)."""

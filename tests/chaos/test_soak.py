@@ -126,12 +126,13 @@ async def test_soak(
                     leaders = [(h, name) for h in healthy for name in h.leading()]
                     if action in ("resign", "kill") and leaders and rng.random() < 0.7:
                         s, name = rng.choice(leaders)  # aim at a leader
-                    timeline.append({"t": now, "action": action, "id": s.proc.ident})
+                    ident = s.proc.ident  # (a kill replaces s.proc)
                     if action == "resign":
                         leading = s.leading()
                         if leading:
                             s.proc.send(f"resign {rng.choice(leading)}")
                             done[action] += 1
+                            timeline.append({"t": now, "action": action, "id": ident})
                     elif action == "stop":
                         running = [e for e in ELECTIONS if e not in s.restarts]
                         if running:
@@ -140,12 +141,14 @@ async def test_soak(
                             s.restarts[name] = (now + rng.uniform(0.3, 3.0), needed)
                             s.proc.send(f"stop {name}")
                             done[action] += 1
+                            timeline.append({"t": now, "action": action, "id": ident})
                     elif action == "kill":
                         kills.append((s.proc, s.leading(), s.proc.kill()))
                         s.generation += 1
                         s.restarts.clear()
                         s.proc = spawn(s.index, s.proxy, s.generation)
                         done[action] += 1
+                        timeline.append({"t": now, "action": action, "id": ident})
                     elif action in ("pause", "partition") and faulted < MAX_FAULTED:
                         s.fault = action
                         s.fault_until = now + rng.uniform(0.3, 2.5 * TTL)
@@ -154,9 +157,11 @@ async def test_soak(
                         else:
                             s.proxy.blackhole()
                         done[action] += 1
+                        timeline.append({"t": now, "action": action, "id": ident})
                     elif action == "reset":
                         s.proxy.reset()
                         done[action] += 1
+                        timeline.append({"t": now, "action": action, "id": ident})
                 # Wind down: end every fault, restart every stopped Leadership.
                 for s in slots:
                     _due(s, float("inf"), done, timeline)
@@ -191,7 +196,7 @@ async def test_soak(
             )
         events = procs.events()
         killed = {i for i, p in enumerate(procs.all) if p.killed_at is not None}
-        kill_times = {i: p.killed_at for i, p in enumerate(procs.all) if p.killed_at is not None}
+        kill_times = {i: t for i, p in enumerate(procs.all) if (t := p.last_alive()) is not None}
         analysis = analyse(history)
         lines.append(f"actions: {dict(done)}; processes started: {len(procs.all)}")
         lines.append(f"etcd history: {analysis.summary()}")
