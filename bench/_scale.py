@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -251,7 +252,12 @@ async def main(args: argparse.Namespace) -> None:
 
         async with anyio.create_task_group() as tg:
             local = LocalCandidate(e1, HANDOVER, "scale-process")
-            tg.start_soon(local.run)
+
+            async def run_local() -> None:
+                with contextlib.suppress(aioelect.LeadershipLost):  # the final revoke
+                    await local.run()
+
+            tg.start_soon(run_local)
             await asyncio.sleep(0.2)
             gc.collect()
             objects0 = len(gc.get_objects())
