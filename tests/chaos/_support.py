@@ -487,14 +487,8 @@ class CandidateProc:
         """
         if self.killed_at is None:
             return None
-        if self.paused_at is not None:  # killed while paused
-            return self.paused_at
-        if self.pauses:
-            paused, resumed = self.pauses[-1]
-            woke = any(float(e["t"]) >= resumed for e in self.find("woke"))
-            if not woke and 0 <= self.killed_at - resumed < 0.05:
-                return paused
-        return self.killed_at
+        woke = [float(e["t"]) for e in self.find("woke")]
+        return last_alive(self.killed_at, self.paused_at, self.pauses, woke)
 
     def kill(self) -> float:
         """SIGKILL the process, reap it, and return when it was killed (monotonic)."""
@@ -532,6 +526,25 @@ class CandidateProc:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
+
+
+def last_alive(
+    killed_at: float,
+    paused_at: float | None,
+    pauses: list[tuple[float, float]],
+    woke: list[float],
+) -> float:
+    """When a process killed at ``killed_at`` last ran (see :meth:`CandidateProc.last_alive`):
+    ``paused_at`` if it was killed while paused, the start of its last pause if it was
+    killed within 50 ms of that pause's end without reporting ``woke`` after it, else
+    ``killed_at``."""
+    if paused_at is not None:
+        return paused_at
+    if pauses:
+        paused, resumed = pauses[-1]
+        if not any(t >= resumed for t in woke) and 0 <= killed_at - resumed < 0.05:
+            return paused
+    return killed_at
 
 
 class Procs:
