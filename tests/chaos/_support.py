@@ -217,9 +217,8 @@ class Member:
         rec = TermRecord(name, token, term.started_at)
         self.terms[(name, token)] = rec
         self.current[name] = term
-        term._add_on_end(self._ended_hook(rec))
-        if term._ended is not None:  # ended before we could hook it
-            rec.ended = min(term.started_at, term._session.valid_until)
+        hook = self._ended_hook(rec)
+        term._add_on_end(hook)
         self.emit(
             "elected",
             election=name,
@@ -228,6 +227,8 @@ class Member:
             t=term.started_at,
             t_cb=time.monotonic(),
         )
+        if term._ended is not None:  # it ended before we could hook it: report it now
+            hook(term, term._ended)
         client = self.elector.client
         stop = self._stops[name]
         value = json.dumps({"token": token, "id": self.ident}).encode()
