@@ -185,11 +185,7 @@ class Batcher:
                 [], [op for entry in chunk for op in entry.ops] or self._barrier
             )
         except BaseException as exc:
-            if isinstance(exc, EtcdError) and _too_big(exc) and len(chunk) > 1:
-                self._shrink(len(chunk))
-                self._resend(chunk, self._send_reads, by_ops=True)
-                return
-            _fail(chunk, exc)
+            self._failed(chunk, exc, self._send_reads, by_ops=True)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -212,11 +208,7 @@ class Batcher:
                 [conn.op_put(e.key, e.value, e.lease) for e in chunk],
             )
         except BaseException as exc:
-            if isinstance(exc, EtcdError) and _too_big(exc) and len(chunk) > 1:
-                self._shrink(len(chunk))
-                self._resend(chunk, self._send_creates, by_ops=False)
-                return
-            _fail(chunk, exc)
+            self._failed(chunk, exc, self._send_creates, by_ops=False)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -225,13 +217,22 @@ class Batcher:
             if not entry.future.done():
                 entry.future.set_result(result)
 
-    def _shrink(self, n: int) -> None:
-        self.max_ops = max(1, min(self.max_ops, n) // 2)
-        log.info("etcd refused a batch of %d requests: batches now hold %d", n, self.max_ops)
-
-    def _resend(self, chunk: list[_Pending], send: Any, *, by_ops: bool) -> None:
-        for part in self._chunks(chunk, by_ops=by_ops):
-            self._spawn(part, send(part))
+    def _failed(
+        self, chunk: list[_Pending], exc: BaseException, send: Any, *, by_ops: bool
+    ) -> None:
+        """A batch failed: if etcd found it too big, resend it in smaller batches (and
+        keep them smaller from now on); otherwise fail its callers."""
+        if isinstance(exc, EtcdError) and _too_big(exc) and len(chunk) > 1:
+            self.max_ops = max(1, min(self.max_ops, len(chunk)) // 2)
+            log.info(
+                "etcd refused a batch of %d requests: batches now hold %d",
+                len(chunk),
+                self.max_ops,
+            )
+            for part in self._chunks(chunk, by_ops=by_ops):
+                self._spawn(part, send(part))
+            return
+        _fail(chunk, exc)
 
 
 def _too_big(exc: EtcdError) -> bool:
