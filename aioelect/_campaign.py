@@ -2,7 +2,8 @@
 
 1. Write ``{prefix}/{name}/{lease hex}`` if absent (a transaction on its
    create revision; if present, e.g. after a timed-out write that landed
-   anyway, reuse it). Its create revision is the candidate's token.
+   anyway, reuse it). Its create revision is the candidate's token. The
+   same transaction reads the election's first key: whether ours came first.
 2. Wait until the elector's mirror has seen that revision, then look up the
    predecessor: the live key with the highest create revision below the
    token. While there is one, wait for a change of the predecessor's key (or
@@ -10,6 +11,9 @@
 3. With no predecessor left, confirm with one linearizable read (first key
    by create revision) that our key still exists with our token before
    reporting a win: no phantom win on a key that vanished (etcd #11051).
+   A key that came first in its own creating transaction needs no second
+   read: it never had a predecessor (a later key cannot get a lower create
+   revision), and the mirror, caught up past its creation, shows it alive.
 4. Our key gone while waiting (deleted by someone, or a compaction resync
    shows it missing): campaign again with a new key, at the back. Session
    lost: campaign again on the next session.
@@ -55,6 +59,8 @@ async def campaign(
     """
     conn = elector._conn
     view = elector._mirror.view(name)
+    eprefix = election_prefix(elector.prefix, name)
+    first_op = conn.op_first(eprefix, prefix_range_end(eprefix))
     backoff = Backoff(initial=0.05, cap=min(2.0, elector._config.ttl / 2))
     while True:
         session = await elector._wait_session()
@@ -63,12 +69,13 @@ async def campaign(
         try:
             if reclaim_stale:
                 await _reclaim(elector, name, value, session.lease_id)
-            token = await elector._batcher.create(key, value, session.lease_id)
+            token, head = await elector._batcher.create(key, value, session.lease_id, first_op)
+            first = head is not None and head.key == key and head.create_revision == token
             if token is None:
                 token = await _create_alone(elector, key, value, session.lease_id)
                 if token is None:
                     continue
-            term = await _wait_turn(elector, session, view, key, token, wait)
+            term = await _wait_turn(elector, session, view, key, token, wait, first)
             if term is not None:
                 return term
             log.debug("campaign for %r: key %r gone or session lost; again", name, key)
@@ -124,7 +131,10 @@ async def _wait_turn(
     key: bytes,
     token: int,
     wait: bool = True,
+    first: bool = False,
 ) -> Term | None:
+    """Wait until ``key`` (created at ``token``) leads; None if it is gone or the session
+    was lost. ``first``: the key came first in its own creating transaction."""
     conn = elector._conn
     eprefix = election_prefix(elector.prefix, view.name)
     eend = prefix_range_end(eprefix)
@@ -144,9 +154,12 @@ async def _wait_turn(
             return None
         pred = view.predecessor(token)
         if pred is None:
-            _, (first,) = await elector._batcher.read([conn.op_first(eprefix, eend)])
-            kvs = first.response_range.kvs
-            head = KV.from_pb(kvs[0]) if kvs else None
+            if first:
+                head: KV | None = own  # first since its creation: no confirming read
+            else:
+                _, (found,) = await elector._batcher.read([conn.op_first(eprefix, eend)])
+                kvs = found.response_range.kvs
+                head = KV.from_pb(kvs[0]) if kvs else None
             if head is not None and head.key == key and head.create_revision == token:
                 if not session.is_live():
                     return None

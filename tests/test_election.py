@@ -147,10 +147,16 @@ async def test_waiting_candidate_whose_key_vanished_never_wins_on_it(
 async def test_cancel_at_each_await_point_leaves_no_key(
     make_elector: ElectorFactory, raw: Connection, point: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Cancelled at each await of the campaign (after its key exists), hold() leaves no key."""
+    """Cancelled at each await of the campaign (after its key exists), hold() leaves no key.
+
+    The confirming read happens only after a predecessor left (a key that came first in
+    its own creating transaction needs none): there, b leads first and then leaves.
+    """
     from aioelect import _campaign
 
     a = await make_elector()
+    b = await make_elector()
+    b_leaves = anyio.Event()
     reached = anyio.Event()
     cls, attr = {
         "txn": (Batcher, "create"),
@@ -166,9 +172,19 @@ async def test_cancel_at_each_await_point_leaves_no_key(
             await anyio.sleep_forever()
         return result
 
-    monkeypatch.setattr(cls, attr, gate)
+    async def predecessor(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with b.hold("job", "b"):
+            task_status.started()
+            await b_leaves.wait()
+
     async with anyio.create_task_group() as tg:
+        if point == "confirm":
+            await tg.start(predecessor)
+        monkeypatch.setattr(cls, attr, gate)
         tg.start_soon(_hold_forever, a, "job")
+        if point == "confirm":
+            await _queue_length(a, "job", 2)
+            b_leaves.set()
         await reached.wait()
         assert len(await keys_under(raw, f"{a.prefix}/job/")) == 1
         tg.cancel_scope.cancel()
