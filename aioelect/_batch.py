@@ -73,6 +73,9 @@ class Batcher:
         self._creates: list[_Pending] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._reading = 0  # read requests in flight
+        # Create revisions of creates that landed after their caller was cancelled,
+        # by key, for the caller's clean-up (see :meth:`landed`).
+        self._landed: dict[bytes, int] = {}
         #: Transactions sent, and requests they carried (for statistics).
         self.batches = 0
         self.requests = 0
@@ -108,6 +111,7 @@ class Batcher:
         (None, None): the key may exist (its batch failed); the caller must check
         with a transaction of its own.
         """
+        self._landed.pop(key, None)  # from an earlier create of this key: stale now
         entry = _Pending(
             asyncio.get_running_loop().create_future(),
             ops=() if first is None else (first,),
@@ -132,6 +136,11 @@ class Batcher:
                 with anyio.CancelScope(shield=True):
                     await asyncio.wait({sent}, timeout=self._conn.timeout)
             raise
+
+    def landed(self, key: bytes) -> int | None:
+        """The create revision of ``key`` if its create landed after its caller was
+        cancelled (the caller's clean-up then deletes exactly that key); else None."""
+        return self._landed.pop(key, None)
 
     def close(self) -> None:
         """Cancel the batches in flight; their callers get ElectorClosed."""
@@ -231,11 +240,13 @@ class Batcher:
         at = 0
         for entry in chunk:
             head: KV | None = None
-            if entry.ops:
+            if entry.ops:  # at most one op: the range that follows its put
                 kvs = responses[at + 1].response_range.kvs
                 head = KV.from_pb(kvs[0]) if kvs else None
             at += 1 + len(entry.ops)
-            if not entry.future.done():
+            if entry.future.done():  # its caller was cancelled: keep the token for its clean-up
+                self._landed[entry.key] = revision
+            else:
                 entry.future.set_result((revision, head))
 
     def _failed(

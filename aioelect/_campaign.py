@@ -67,22 +67,28 @@ async def campaign(
         key = candidate_key(elector.prefix, name, session.lease_id)
         token: int | None = None
         try:
-            if reclaim_stale:
-                await _reclaim(elector, name, value, session.lease_id)
-            token, head = await elector._batcher.create(key, value, session.lease_id, first_op)
-            first = head is not None and head.key == key and head.create_revision == token
-            if token is None:
-                token = await _create_alone(elector, key, value, session.lease_id)
+            try:
+                if reclaim_stale:
+                    await _reclaim(elector, name, value, session.lease_id)
+                token, head = await elector._batcher.create(key, value, session.lease_id, first_op)
+                first = head is not None and head.key == key and head.create_revision == token
                 if token is None:
-                    continue
-            term = await _wait_turn(elector, session, view, key, token, wait, first)
-            if term is not None:
-                return term
-            log.debug("campaign for %r: key %r gone or session lost; again", name, key)
-        except EtcdError as exc:
-            log.debug("campaign for %r: %s; retrying", name, exc)
+                    token = await _create_alone(elector, key, value, session.lease_id)
+                    if token is None:
+                        continue
+                term = await _wait_turn(elector, session, view, key, token, wait, first)
+                if term is not None:
+                    return term
+                log.debug("campaign for %r: key %r gone or session lost; again", name, key)
+                continue
+            except EtcdError as exc:
+                log.debug("campaign for %r: %s; retrying", name, exc)
+            # Inside the outer try: cancelled during the back-off, the key (which may
+            # exist, e.g. written before a failed read) is deleted too.
             await anyio.sleep(backoff.next())
         except BaseException:
+            if token is None:  # cancelled while its batched create was landing
+                token = elector._batcher.landed(key)
             # Guarded by our token when we know it: a delete that times out here may
             # still land later, and must not remove a later campaign's key (same
             # lease, same key name) that won meanwhile.

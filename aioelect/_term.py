@@ -399,8 +399,12 @@ def scope_cancellation_in_disguise(scope: anyio.CancelScope) -> bool:
     For a scope that bounds user code (e.g. ``on_stepped_down`` cut short at
     the TTL): grpc.aio turns the scope's cancellation into a bare
     CancelledError, which the scope lets through. It is the scope's own when
-    the scope was cancelled, no enclosing scope is cancelled, and nobody
-    called ``Task.cancel()``.
+    the scope was cancelled, no enclosing scope (up to a shield) is cancelled,
+    and nobody called ``Task.cancel()``. A cancelled enclosing scope hidden by
+    a shield is delivered again by anyio once the shield is left. Python 3.10
+    has no ``Task.cancelling()``: there a ``Task.cancel()`` landing in the
+    same instant as the scope's own cancellation cannot be told apart and is
+    taken for the scope's (as in :func:`cancellation_was_ours`).
     """
     if not scope.cancel_called or anyio.current_effective_deadline() == -math.inf:
         return False

@@ -192,6 +192,56 @@ async def test_cancel_at_each_await_point_leaves_no_key(
     assert await keys_under(raw, f"{a.prefix}/") == []
 
 
+async def test_cancel_during_the_back_off_after_an_error_leaves_no_key(
+    make_elector: ElectorFactory, raw: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An etcd error after the key was written sends the campaign into a back-off sleep;
+    cancelled there, it still deletes its key (found by review: it used to stay)."""
+    from aioelect import _campaign
+
+    a = await make_elector()
+    failed = anyio.Event()
+
+    async def failing_wait_turn(*args: object, **kwargs: object) -> None:
+        failed.set()
+        raise aioelect.EtcdError("a confirming read failed")
+
+    monkeypatch.setattr(_campaign, "_wait_turn", failing_wait_turn)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_hold_forever, a, "job")
+        await failed.wait()  # the campaign runs on into its back-off sleep before we do
+        assert len(await keys_under(raw, f"{a.prefix}/job/")) == 1
+        tg.cancel_scope.cancel()
+    assert await keys_under(raw, f"{a.prefix}/") == []
+
+
+async def test_cancel_while_the_create_lands_deletes_exactly_that_key(
+    make_elector: ElectorFactory, raw: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled after its batched create was sent, the campaign waits for it to land and
+    deletes the key guarded by the create revision it got (a delete landing late can then
+    never remove a later key of the same name)."""
+    a = await make_elector()
+    conn = a._conn
+    original = conn.txn
+    calls: list[tuple[int, int]] = []  # (compares, ops) of each transaction
+    sent = anyio.Event()
+
+    async def txn(compare: list[object], success: list[object], *args: object) -> object:
+        calls.append((len(compare), len(success)))
+        sent.set()
+        return await original(compare, success, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(conn, "txn", txn)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_hold_forever, a, "job")
+        await sent.wait()  # the batched create is on its way, not yet answered
+        tg.cancel_scope.cancel()
+    assert await keys_under(raw, f"{a.prefix}/") == []
+    assert calls == [(1, 2), (1, 1)]  # create (+ first-key read), then the guarded delete
+    assert a._batcher._landed == {}
+
+
 async def test_cancel_while_waiting_for_predecessor_leaves_no_key(
     make_elector: ElectorFactory, raw: Connection
 ) -> None:
