@@ -24,7 +24,7 @@ Cancellation at any point deletes the candidate key (shielded, bounded).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -76,7 +76,7 @@ async def campaign(
                     token = await _create_alone(elector, key, value, session.lease_id)
                     if token is None:
                         continue
-                term = await _wait_turn(elector, session, view, key, token, wait, first)
+                term = await _wait_turn(elector, session, view, key, token, first_op, wait, first)
                 if term is not None:
                     return term
                 log.debug("campaign for %r: key %r gone or session lost; again", name, key)
@@ -136,14 +136,14 @@ async def _wait_turn(
     view: ElectionView,
     key: bytes,
     token: int,
+    first_op: Any,
     wait: bool = True,
     first: bool = False,
 ) -> Term | None:
     """Wait until ``key`` (created at ``token``) leads; None if it is gone or the session
-    was lost. ``first``: the key came first in its own creating transaction."""
+    was lost. ``first_op`` reads the election's first key (the confirming read);
+    ``first``: the key came first in its own creating transaction."""
     conn = elector._conn
-    eprefix = election_prefix(elector.prefix, view.name)
-    eend = prefix_range_end(eprefix)
     if not await _see_own_key(elector, session, view, key, token):
         return None
     while True:
@@ -163,7 +163,7 @@ async def _wait_turn(
             if first:
                 head: KV | None = own  # first since its creation: no confirming read
             else:
-                _, (found,) = await elector._batcher.read([conn.op_first(eprefix, eend)])
+                _, (found,) = await elector._batcher.read([first_op])
                 kvs = found.response_range.kvs
                 head = KV.from_pb(kvs[0]) if kvs else None
             if head is not None and head.key == key and head.create_revision == token:

@@ -388,9 +388,7 @@ def cancellation_was_ours(term: Term) -> bool:
     """
     if term._ended is None or term._ended == RESIGNED:
         return False
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return cancelling is None or cancelling() == 0
+    return _no_task_cancel()
 
 
 def scope_cancellation_in_disguise(scope: anyio.CancelScope) -> bool:
@@ -408,6 +406,11 @@ def scope_cancellation_in_disguise(scope: anyio.CancelScope) -> bool:
     """
     if not scope.cancel_called or anyio.current_effective_deadline() == -math.inf:
         return False
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
+    return _no_task_cancel()
+
+
+def _no_task_cancel() -> bool:
+    """Whether nobody called ``Task.cancel()`` on the current task (always True on
+    Python 3.10, which cannot tell)."""
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)
     return cancelling is None or cancelling() == 0
