@@ -1,8 +1,7 @@
 """Coalescing of small requests into shared transactions.
 
-Thousands of elections started together would each send a create (a
-confirming read too when their key did not come first), and each observer a
-barrier read: one gRPC call apiece, whose client-side cost (not etcd's)
+Thousands of elections started together would each send a create, and
+each observer a barrier read: one gRPC call apiece, whose client-side cost (not etcd's)
 bounds how fast one process starts them.
 The :class:`Batcher` collects the requests made during one turn of the event
 loop and sends them as a few transactions of up to ``max_ops`` operations:
@@ -10,12 +9,10 @@ loop and sends them as a few transactions of up to ``max_ops`` operations:
 - ``read(ops)``: read-only ops (ranges). They go out as one read-only Txn,
   which etcd serves linearizably, like a Range: each caller gets its own
   slice of the responses and the shared header revision.
-- ``create(key, value, lease, first)``: "put if absent". A batch is one Txn
-  whose compares require every key to be absent; if any exists, the whole
-  batch fails and its callers are told to fall back to their own transaction
-  (rare: it needs a key left by an earlier, timed-out attempt). With
-  ``first`` (a range op), the same Txn also reads it right after the put, in
-  the same revision: a campaign learns whether its new key came first.
+- ``create(key, value, lease)``: "put if absent". A batch is one Txn whose
+  compares require every key to be absent; if any exists, the whole batch
+  fails and its callers are told to fall back to their own transaction
+  (rare: it needs a key left by an earlier, timed-out attempt).
 
 A lone read is sent at once from its caller's task (no added latency on a
 handover); the reads that come while it is in flight form the next batch.
@@ -34,7 +31,7 @@ from typing import Any
 
 import anyio
 
-from ._connection import KV, Connection
+from ._connection import Connection
 from ._exceptions import ElectorClosed, EtcdError
 
 __all__ = ("Batcher",)
@@ -101,29 +98,24 @@ class Batcher:
         result: tuple[int, list[Any]] = await self._wait(entry)
         return result
 
-    async def create(
-        self, key: bytes, value: bytes, lease: int, first: Any = None
-    ) -> tuple[int | None, KV | None]:
-        """Put ``key`` if it does not exist; return its create revision and, with
-        ``first`` (a range op with ``limit=1``), the key that op found right after
-        the put, in the same revision (None if none).
+    async def create(self, key: bytes, value: bytes, lease: int) -> int | None:
+        """Put ``key`` if it does not exist; return its create revision.
 
-        (None, None): the key may exist (its batch failed); the caller must check
-        with a transaction of its own.
+        None: the key may exist (its batch failed); the caller must check with a
+        transaction of its own.
         """
         self._landed.pop(key, None)  # from an earlier create of this key: stale now
         entry = _Pending(
             asyncio.get_running_loop().create_future(),
-            ops=() if first is None else (first,),
             key=key,
             value=value,
             lease=lease,
-            size=len(key) * 2 + len(value) + 32 + (len(key) * 2 if first is not None else 0),
+            size=len(key) * 2 + len(value) + 32,
         )
         if not self._creates:
             asyncio.get_running_loop().call_soon(self._flush_creates)
         self._creates.append(entry)
-        result: tuple[int | None, KV | None] = await self._wait(entry)
+        result: int | None = await self._wait(entry)
         return result
 
     async def _wait(self, entry: _Pending) -> Any:
@@ -162,7 +154,7 @@ class Batcher:
         for entry in entries:
             if entry.future.done():  # cancelled before it was sent
                 continue
-            n = len(entry.ops) if by_ops else 1 + len(entry.ops)  # a create: its put + ops
+            n = len(entry.ops) if by_ops else 1  # a create: its put
             dup = not by_ops and entry.key in keys
             if chunk and (ops + n > self.max_ops or size + entry.size > MAX_BYTES or dup):
                 chunks.append(chunk)
@@ -220,11 +212,10 @@ class Batcher:
     async def _send_creates(self, chunk: list[_Pending]) -> None:
         conn = self._conn
         try:
-            ops: list[Any] = []
-            for e in chunk:
-                ops.append(conn.op_put(e.key, e.value, e.lease))
-                ops.extend(e.ops)
-            resp = await conn.txn([conn.cmp_create(e.key, 0) for e in chunk], ops)
+            resp = await conn.txn(
+                [conn.cmp_create(e.key, 0) for e in chunk],
+                [conn.op_put(e.key, e.value, e.lease) for e in chunk],
+            )
         except BaseException as exc:
             self._failed(chunk, exc, self._send_creates, by_ops=False)
             if not isinstance(exc, Exception):
@@ -233,21 +224,14 @@ class Batcher:
         if not resp.succeeded:
             for entry in chunk:
                 if not entry.future.done():
-                    entry.future.set_result((None, None))
+                    entry.future.set_result(None)
             return
         revision = int(resp.header.revision)
-        responses = resp.responses
-        at = 0
         for entry in chunk:
-            head: KV | None = None
-            if entry.ops:  # at most one op: the range that follows its put
-                kvs = responses[at + 1].response_range.kvs
-                head = KV.from_pb(kvs[0]) if kvs else None
-            at += 1 + len(entry.ops)
             if entry.future.done():  # its caller was cancelled: keep the token for its clean-up
                 self._landed[entry.key] = revision
             else:
-                entry.future.set_result((revision, head))
+                entry.future.set_result(revision)
 
     def _failed(
         self, chunk: list[_Pending], exc: BaseException, send: Any, *, by_ops: bool

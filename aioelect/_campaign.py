@@ -2,18 +2,19 @@
 
 1. Write ``{prefix}/{name}/{lease hex}`` if absent (a transaction on its
    create revision; if present, e.g. after a timed-out write that landed
-   anyway, reuse it). Its create revision is the candidate's token. The
-   same transaction reads the election's first key: whether ours came first.
+   anyway, reuse it). Its create revision is the candidate's token.
 2. Wait until the elector's mirror has seen that revision, then look up the
    predecessor: the live key with the highest create revision below the
    token. While there is one, wait for a change of the predecessor's key (or
    of our own) in the mirror: each waiter follows only its predecessor.
-3. With no predecessor left, confirm with one linearizable read (first key
-   by create revision) that our key still exists with our token before
-   reporting a win: no phantom win on a key that vanished (etcd #11051).
-   A key that came first in its own creating transaction needs no second
-   read: it never had a predecessor (a later key cannot get a lower create
-   revision), and the mirror, caught up past its creation, shows it alive.
+3. With no predecessor left, win only if the mirror shows our key alive with
+   our token in the same revision in which the last predecessor is gone: no
+   phantom win on a key that vanished (etcd #11051), e.g. deleted together
+   with its predecessor. The mirror is one ordered prefix watch (or a range
+   read after a resync), so that is a consistent snapshot of the election at
+   that revision, and no read is needed: no later key can get a lower create
+   revision, and a later loss of our key reaches us like any leader's, within
+   one watch latency (and a lost lease by the local deadline, first).
 4. Our key gone while waiting (deleted by someone, or a compaction resync
    shows it missing): campaign again with a new key, at the back. Session
    lost: campaign again on the next session.
@@ -24,7 +25,7 @@ Cancellation at any point deletes the candidate key (shielded, bounded).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -59,8 +60,6 @@ async def campaign(
     """
     conn = elector._conn
     view = elector._mirror.view(name)
-    eprefix = election_prefix(elector.prefix, name)
-    first_op = conn.op_first(eprefix, prefix_range_end(eprefix))
     backoff = Backoff(initial=0.05, cap=min(2.0, elector._config.ttl / 2))
     while True:
         session = await elector._wait_session()
@@ -70,13 +69,12 @@ async def campaign(
             try:
                 if reclaim_stale:
                     await _reclaim(elector, name, value, session.lease_id)
-                token, head = await elector._batcher.create(key, value, session.lease_id, first_op)
-                first = head is not None and head.key == key and head.create_revision == token
+                token = await elector._batcher.create(key, value, session.lease_id)
                 if token is None:
                     token = await _create_alone(elector, key, value, session.lease_id)
                     if token is None:
                         continue
-                term = await _wait_turn(elector, session, view, key, token, first_op, wait, first)
+                term = await _wait_turn(elector, session, view, key, token, wait)
                 if term is not None:
                     return term
                 log.debug("campaign for %r: key %r gone or session lost; again", name, key)
@@ -136,13 +134,10 @@ async def _wait_turn(
     view: ElectionView,
     key: bytes,
     token: int,
-    first_op: Any,
     wait: bool = True,
-    first: bool = False,
 ) -> Term | None:
     """Wait until ``key`` (created at ``token``) leads; None if it is gone or the session
-    was lost. ``first_op`` reads the election's first key (the confirming read);
-    ``first``: the key came first in its own creating transaction."""
+    was lost."""
     conn = elector._conn
     if not await _see_own_key(elector, session, view, key, token):
         return None
@@ -160,27 +155,18 @@ async def _wait_turn(
             return None
         pred = view.predecessor(token)
         if pred is None:
-            if first:
-                head: KV | None = own  # first since its creation: no confirming read
-            else:
-                _, (found,) = await elector._batcher.read([first_op])
-                kvs = found.response_range.kvs
-                head = KV.from_pb(kvs[0]) if kvs else None
-            if head is not None and head.key == key and head.create_revision == token:
-                if not session.is_live():
-                    return None
-                term = Term(elector, session, view.name, key, head.value, token)
-                if not term._attach():
-                    return None
-                record = view.transfer
-                if record is not None and record.value == key and elector._tg is not None:
-                    # The transfer reached us: drop its record (and its lease), in the background.
-                    elector._tg.start_soon(_drop_record, elector, view.name, record.lease)
-                return term
-            if head is None or head.create_revision >= token:
-                log.debug("campaign for %r: confirm read shows our key gone", view.name)
+            # The mirror shows our key alive (checked above) and no predecessor, in
+            # one revision: we lead (see step 3 of the module docstring).
+            if not session.is_live():
                 return None
-            continue
+            term = Term(elector, session, view.name, key, own.value, token)
+            if not term._attach():
+                return None
+            record = view.transfer
+            if record is not None and record.value == key and elector._tg is not None:
+                # The transfer reached us: drop its record (and its lease), in the background.
+                elector._tg.start_soon(_drop_record, elector, view.name, record.lease)
+            return term
         if not wait:
             raise NotLeader(
                 f"election {view.name!r} is held or awaited by {pred.value!r} (token "

@@ -11,8 +11,7 @@ from helpers import ElectorFactory, eventually, keys_under
 
 import aioelect
 from aioelect._batch import Batcher
-from aioelect._connection import KV, Connection
-from aioelect._keys import prefix_range_end
+from aioelect._connection import Connection
 from aioelect.testing import EtcdServer
 
 pytestmark = pytest.mark.asyncio
@@ -49,7 +48,7 @@ async def test_concurrent_creates_share_one_revision_and_each_key_exists(
     tokens: dict[int, int | None] = {}
 
     async def create(i: int) -> None:
-        tokens[i], _ = await batcher.create(f"{etcd_prefix}/c/{i}".encode(), b"v", lease)
+        tokens[i] = await batcher.create(f"{etcd_prefix}/c/{i}".encode(), b"v", lease)
 
     async with anyio.create_task_group() as tg:
         for i in range(200):
@@ -65,42 +64,11 @@ async def test_concurrent_creates_share_one_revision_and_each_key_exists(
     await raw.revoke(lease)
 
 
-async def test_a_create_also_reads_the_first_key_of_its_election_in_the_same_revision(
-    raw: Connection, etcd_prefix: str
-) -> None:
-    """Each create may carry a range op, run right after its put in the shared Txn: a
-    campaign learns whether its key came first (two ops per create: 64 creates per Txn)."""
-    batcher = Batcher(raw)
-    existing = f"{etcd_prefix}/f/e1/old".encode()
-    await raw.txn([], [raw.op_put(existing, b"old")])
-    results: dict[str, tuple[int | None, KV | None]] = {}
-
-    async def create(name: str, i: int) -> None:
-        prefix = f"{etcd_prefix}/f/{name}/".encode()
-        first = raw.op_first(prefix, prefix_range_end(prefix))
-        results[f"{name}/{i}"] = await batcher.create(prefix + str(i).encode(), b"v", 0, first)
-
-    async with anyio.create_task_group() as tg:
-        for name in ("e0", "e1"):
-            for i in range(40):
-                tg.start_soon(create, name, i)
-    assert batcher.batches == 2  # 80 creates x 2 ops: 64 + 16
-    for key, (token, head) in results.items():
-        name = key.split("/")[0]
-        assert token is not None
-        assert head is not None
-        if name == "e1":  # an older key leads
-            assert head.key == existing
-        else:  # one of the 40 new keys of this election, created in the same revision
-            assert head.key.startswith(f"{etcd_prefix}/f/e0/".encode())
-            assert head.create_revision == token
-
-
 async def test_an_uncontested_campaign_wins_with_one_transaction(
     make_elector: ElectorFactory, etcd_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A key that came first in its creating Txn needs no confirming read; a candidate that
-    waited for a predecessor does confirm (one linearizable read after the predecessor left)."""
+    """A campaign sends one request, its create; a candidate that waited for a predecessor
+    sends no more: the mirror shows it first and alive in one revision (no confirming read)."""
     a = await make_elector()
     b = await make_elector()
     sent: list[str] = []
@@ -114,7 +82,7 @@ async def test_an_uncontested_campaign_wins_with_one_transaction(
         monkeypatch.setattr(elector._conn, "txn", txn)
     async with anyio.create_task_group() as tg:
         async with a.hold("job", "a"):
-            assert sent == ["a"]  # create + first read, in one Txn
+            assert sent == ["a"]  # its create
             won = anyio.Event()
             b_sent: list[int] = []
 
@@ -126,7 +94,7 @@ async def test_an_uncontested_campaign_wins_with_one_transaction(
             tg.start_soon(follower)
             await eventually(lambda: _queued(a, "job", 2), what="b queued")
         await won.wait()
-    assert b_sent == [2]  # its create, then the confirming read once a had left
+    assert b_sent == [1]  # its create: nothing more once a had left
 
 
 async def _queued(elector: aioelect.Elector, name: str, n: int) -> bool:
@@ -141,7 +109,7 @@ async def test_a_batch_with_an_existing_key_tells_every_caller_to_check_alone(
     results: dict[int, int | None] = {}
 
     async def create(i: int) -> None:
-        results[i], _ = await batcher.create(f"{etcd_prefix}/e/{i}".encode(), b"new", 0)
+        results[i] = await batcher.create(f"{etcd_prefix}/e/{i}".encode(), b"new", 0)
 
     async with anyio.create_task_group() as tg:
         for i in range(5):
@@ -160,7 +128,7 @@ async def test_batches_shrink_when_etcd_refuses_their_size(
     tokens: list[int | None] = []
 
     async def create(i: int) -> None:
-        token, _ = await batcher.create(f"{etcd_prefix}/s/{i}".encode(), b"v", 0)
+        token = await batcher.create(f"{etcd_prefix}/s/{i}".encode(), b"v", 0)
         tokens.append(token)
 
     async with anyio.create_task_group() as tg:
@@ -219,9 +187,8 @@ async def test_many_holds_and_observers_start_with_few_requests(
             tg.start_soon(observe, i)
         await all_running.wait()
         stats = elector._batcher
-        # Creates (each with its election's first-key read): 8 batches of <= 64; the
-        # observers' barriers: a few more. No confirming read: every key came first in
-        # its creating transaction, so at most n creates + n barriers.
+        # Creates: batches of <= 128; the observers' barriers: a few more. No
+        # confirming read, so at most n creates + n barriers.
         assert n <= stats.requests <= 2 * n
         assert stats.batches <= 40
         assert len(elector.terms()) == n
@@ -294,7 +261,7 @@ async def test_campaign_waiting_for_its_own_event_ends_when_the_elector_closes(
         monkeypatch.setattr(elector._mirror, "apply_batch", lambda batch: None)
         original = elector._batcher.create
 
-        async def create(*args: object) -> tuple[int | None, object]:
+        async def create(*args: object) -> int | None:
             result = await original(*args)  # type: ignore[arg-type]
             created.set()
             return result

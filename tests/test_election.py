@@ -143,25 +143,21 @@ async def test_waiting_candidate_whose_key_vanished_never_wins_on_it(
     assert tokens[0] > old_b.token
 
 
-@pytest.mark.parametrize("point", ["txn", "own-key", "confirm"])
+@pytest.mark.parametrize("point", ["txn", "own-key"])
 async def test_cancel_at_each_await_point_leaves_no_key(
     make_elector: ElectorFactory, raw: Connection, point: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Cancelled at each await of the campaign (after its key exists), hold() leaves no key.
 
-    The confirming read happens only after a predecessor left (a key that came first in
-    its own creating transaction needs none): there, b leads first and then leaves.
+    (The wait for a predecessor, the only other await, has its own test below.)
     """
     from aioelect import _campaign
 
     a = await make_elector()
-    b = await make_elector()
-    b_leaves = anyio.Event()
     reached = anyio.Event()
     cls, attr = {
         "txn": (Batcher, "create"),
         "own-key": (_campaign, "_see_own_key"),
-        "confirm": (Batcher, "read"),
     }[point]
     original = getattr(cls, attr)
 
@@ -172,19 +168,9 @@ async def test_cancel_at_each_await_point_leaves_no_key(
             await anyio.sleep_forever()
         return result
 
-    async def predecessor(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-        async with b.hold("job", "b"):
-            task_status.started()
-            await b_leaves.wait()
-
     async with anyio.create_task_group() as tg:
-        if point == "confirm":
-            await tg.start(predecessor)
         monkeypatch.setattr(cls, attr, gate)
         tg.start_soon(_hold_forever, a, "job")
-        if point == "confirm":
-            await _queue_length(a, "job", 2)
-            b_leaves.set()
         await reached.wait()
         assert len(await keys_under(raw, f"{a.prefix}/job/")) == 1
         tg.cancel_scope.cancel()
@@ -204,7 +190,7 @@ async def test_cancel_during_the_back_off_after_an_error_leaves_no_key(
 
     async def failing_wait_turn(*args: object, **kwargs: object) -> None:
         failed.set()
-        raise aioelect.EtcdError("a confirming read failed")
+        raise aioelect.EtcdError("a read failed")
 
     monkeypatch.setattr(_campaign, "_wait_turn", failing_wait_turn)
     async with anyio.create_task_group() as tg:
@@ -238,7 +224,7 @@ async def test_cancel_while_the_create_lands_deletes_exactly_that_key(
         await sent.wait()  # the batched create is on its way, not yet answered
         tg.cancel_scope.cancel()
     assert await keys_under(raw, f"{a.prefix}/") == []
-    assert calls == [(1, 2), (1, 1)]  # create (+ first-key read), then the guarded delete
+    assert calls == [(1, 1), (1, 1)]  # the create, then the guarded delete
     assert a._batcher._landed == {}
 
 
