@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +286,16 @@ def render(res: dict[str, Any], out: Path) -> None:
                 f"| {_f(gcmax, 0)} |"
             )
         md.append("")
+        starts = _big_starts(sc)
+        if len(starts) > 1:
+            md += [
+                f"Every start of {max(r['n'] for r in runs):,} elections at the GC's defaults "
+                f"(the row above, then {len(starts) - 1} more in fresh processes, without handovers), "
+                "all running after (s): "
+                + ", ".join(f"{s:.3f}" for s in starts)
+                + f"; median {statistics.median(starts):.3f}, worst {max(starts):.3f}.",
+                "",
+            ]
         variants = sc.get("variants", [])
         if variants:
             md += [
@@ -345,13 +356,21 @@ def render(res: dict[str, Any], out: Path) -> None:
         big = by_n.get(10000)
         one = by_n.get(1)
         if big is not None:
-            ok_start = "error" not in big and big["start_all_s"] <= 2.0
+            starts = _big_starts(sc)
+            failed_starts = [r for r in [big, *sc.get("restarts", [])] if "error" in r]
+            ok_start = not failed_starts and bool(starts) and max(starts) <= 2.0
             paused = next(
                 (v for v in sc.get("variants", []) if v.get("variant") == "gc paused"), None
             )
-            start_txt = (
-                "failed: " + big["error"] if "error" in big else f"{big['start_all_s']:.2f} s"
-            )
+            if failed_starts:
+                start_txt = "failed: " + failed_starts[0]["error"]
+            elif len(starts) > 1:
+                start_txt = (
+                    f"worst {max(starts):.2f} s of {len(starts)} starts "
+                    f"(median {statistics.median(starts):.2f} s)"
+                )
+            else:
+                start_txt = f"{big['start_all_s']:.2f} s"
             if paused is not None and "error" not in paused:
                 start_txt += f" ({paused['start_all_s']:.2f} s with the GC paused during the start)"
             goals.append(("5a. 10,000 elections running within 2 s of start", start_txt, ok_start))
@@ -628,3 +647,14 @@ def plot(res: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _big_starts(sc: dict[str, Any]) -> list[float]:
+    """Start times (s) of the largest size at the GC's defaults: the table's run and the
+    repeated starts."""
+    runs = sc.get("runs", [])
+    if not runs:
+        return []
+    n = max(r["n"] for r in runs)
+    rows = [r for r in runs if r["n"] == n] + list(sc.get("restarts", []))
+    return [r["start_all_s"] for r in rows if "error" not in r and "start_all_s" in r]
