@@ -353,8 +353,8 @@ class _Client(aetcd.Client):  # type: ignore[misc]
 class KV(NamedTuple):
     """One key-value pair as etcd returned it.
 
-    A tuple of bytes and ints: the garbage collector stops tracking it, which
-    matters when one process mirrors thousands of elections.
+    A small tuple of bytes and ints: no per-instance dict, which matters when
+    one process mirrors thousands of elections.
     """
 
     key: bytes

@@ -45,6 +45,10 @@ class LeaderListener(Protocol):
     def leader_changed(self, info: LeaderInfo | None) -> None: ...
 
 
+#: A key's listeners: one as is, or a list of two or more.
+_Listeners = KeyListener | list[KeyListener]
+
+
 class _Waiters:
     """Futures waiting for a revision, resolved in revision order (a heap)."""
 
@@ -103,12 +107,17 @@ class ElectionView:
         "transfer_key",
     )
 
-    def __init__(self, name: str, root: bytes) -> None:
+    def __init__(
+        self, name: str, root: bytes, key_listeners: dict[bytes, _Listeners] | None = None
+    ) -> None:
         self.name = name
         self.transfer_key = root + name.encode() + TRANSFER_SUFFIX
         self.transfer: KV | None = None
         self.kvs: dict[bytes, KV] = {}
-        self.key_listeners: dict[bytes, list[KeyListener]] = {}
+        # Few objects per election (one process may mirror thousands): the listeners
+        # by key live in one dict shared by the mirror's views (keys are full keys),
+        # and a key's only listener is stored as is, without a list.
+        self.key_listeners: dict[bytes, _Listeners] = {} if key_listeners is None else key_listeners
         self.leader_listeners: list[LeaderListener] = []
         self._leader: KV | None = None
 
@@ -144,17 +153,22 @@ class ElectionView:
         """Call ``listener.key_changed(is_put, kv)`` on every change of ``key``."""
         listeners = self.key_listeners.get(key)
         if listeners is None:
-            self.key_listeners[key] = [listener]
-        else:
+            self.key_listeners[key] = listener
+        elif isinstance(listeners, list):
             listeners.append(listener)
+        else:
+            self.key_listeners[key] = [listeners, listener]
 
     def unlisten_key(self, key: bytes, listener: KeyListener) -> None:
         """Stop calling ``listener`` (nothing if it does not listen)."""
         listeners = self.key_listeners.get(key)
-        if listeners is not None and listener in listeners:
-            listeners.remove(listener)
-            if not listeners:
-                del self.key_listeners[key]
+        if isinstance(listeners, list):
+            if listener in listeners:
+                listeners.remove(listener)
+                if len(listeners) == 1:
+                    self.key_listeners[key] = listeners[0]
+        elif listeners is not None and listeners == listener:
+            del self.key_listeners[key]
 
     def apply(self, is_put: bool, kv: KV) -> None:
         if kv.key == self.transfer_key:
@@ -172,9 +186,11 @@ class ElectionView:
                 return
             kv = old
         listeners = self.key_listeners.get(kv.key)
-        if listeners:
+        if isinstance(listeners, list):
             for listener in tuple(listeners):
                 listener.key_changed(is_put, kv)
+        elif listeners is not None:
+            listeners.key_changed(is_put, kv)
 
     def leader_moved(self) -> bool:
         """Tell the leader listeners if the leader (or its value) changed; return whether it did."""
@@ -203,6 +219,7 @@ class Mirror:
         self.root = root
         self._range_end = prefix_range_end(root)
         self.views: dict[str, ElectionView] = {}
+        self._key_listeners: dict[bytes, _Listeners] = {}  # shared by the views
         #: The revision the mirror has reached (progress notifications included).
         self.revision = 0
         #: The revision up to which the mirror has applied every event (from events
@@ -220,7 +237,7 @@ class Mirror:
         """The view of election ``name`` (created empty if unknown)."""
         view = self.views.get(name)
         if view is None:
-            view = self.views[name] = ElectionView(name, self.root)
+            view = self.views[name] = ElectionView(name, self.root, self._key_listeners)
         return view
 
     async def load(self) -> None:

@@ -23,7 +23,7 @@ class Observer:
     __slots__ = ("_closed", "_head", "_items", "_last", "_waiter")
 
     def __init__(self) -> None:
-        self._items: list[LeaderInfo | None] = []
+        self._items: list[LeaderInfo | None] | None = None  # made while items wait
         self._head = 0  # items before it were consumed
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
@@ -33,7 +33,10 @@ class Observer:
         if self._closed or info == self._last:
             return
         self._last = info
-        self._items.append(info)
+        if self._items is None:
+            self._items = [info]
+        else:
+            self._items.append(info)
         self._wake()
 
     def close(self) -> None:
@@ -51,7 +54,7 @@ class Observer:
         return self
 
     async def __anext__(self) -> LeaderInfo | None:
-        while self._head == len(self._items):
+        while self._items is None:
             if self._closed:
                 raise StopAsyncIteration
             waiter = self._waiter
@@ -62,7 +65,7 @@ class Observer:
         item = items[self._head]
         self._head += 1
         if self._head == len(items):
-            items.clear()
+            self._items = None
             self._head = 0
         elif self._head >= 64 and self._head * 2 > len(items):
             del items[: self._head]  # a consumer lagging behind: drop what it consumed

@@ -102,6 +102,37 @@ async def test_leader_key_deleted_cancels_body(
     assert info.value.name == "job"
 
 
+async def test_every_waiter_of_a_term_wakes_when_it_ends(
+    make_elector: ElectorFactory, raw: Connection
+) -> None:
+    """Several tasks waiting in ``wait_lost()`` (each with its cancel scope on the term,
+    besides the hold's): all return when the key is deleted, and the body is cancelled."""
+    a = await make_elector()
+    woke: list[int] = []
+    waiting = anyio.Event()
+
+    async def waiter(term: aioelect.Term, i: int) -> None:
+        await term.wait_lost()
+        woke.append(i)
+
+    with pytest.raises(aioelect.LeadershipLost, match="deleted"):
+        async with a.hold("job", "a") as term:
+            async with anyio.create_task_group() as tg:
+                for i in range(3):
+                    tg.start_soon(waiter, term, i)
+                tg.start_soon(_after_all_blocked, waiting)
+                await waiting.wait()
+                await raw.txn([], [raw.op_delete(term.key)])
+                await anyio.sleep_forever()
+    assert sorted(woke) == [0, 1, 2]
+    assert term._scopes is None  # every scope was dropped from the term
+
+
+async def _after_all_blocked(event: anyio.Event) -> None:
+    await anyio.wait_all_tasks_blocked()
+    event.set()
+
+
 async def test_leader_key_overwritten_cancels_body(
     make_elector: ElectorFactory, raw: Connection
 ) -> None:

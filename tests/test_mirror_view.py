@@ -1,0 +1,88 @@
+"""The mirror's per-election bookkeeping, on made-up keys (pure logic, no etcd)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from aioelect._connection import KV
+from aioelect._mirror import ElectionView
+from aioelect._models import LeaderInfo
+from aioelect._observe import Observer
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.changes: list[tuple[bool, bytes]] = []
+
+    def key_changed(self, is_put: bool, kv: KV) -> None:
+        self.changes.append((is_put, kv.key))
+
+
+def _kv(key: bytes, rev: int) -> KV:
+    return KV(key, b"v", rev, rev, 7)
+
+
+def test_key_listeners_are_called_and_removed_one_by_one() -> None:
+    """One, two and three listeners on a key: each hears each change, in order, until it
+    stops listening; a listener of another key hears nothing."""
+    view = ElectionView("e", b"/p/")
+    a, b, c, other = _Recorder(), _Recorder(), _Recorder(), _Recorder()
+    view.listen_key(b"/p/e/1", a)
+    view.listen_key(b"/p/e/2", other)
+    view.apply(True, _kv(b"/p/e/1", 10))
+    view.listen_key(b"/p/e/1", b)
+    view.listen_key(b"/p/e/1", c)
+    view.apply(True, _kv(b"/p/e/1", 10))
+    view.unlisten_key(b"/p/e/1", b)
+    view.unlisten_key(b"/p/e/1", b)  # not listening any more: nothing happens
+    view.apply(True, _kv(b"/p/e/1", 10))
+    view.unlisten_key(b"/p/e/1", a)
+    view.apply(False, _kv(b"/p/e/1", 10))
+    view.unlisten_key(b"/p/e/1", c)
+    view.apply(True, _kv(b"/p/e/1", 11))
+    assert a.changes == [(True, b"/p/e/1")] * 3
+    assert b.changes == [(True, b"/p/e/1")]
+    assert c.changes == [(True, b"/p/e/1")] * 2 + [(False, b"/p/e/1")]
+    assert other.changes == []
+    assert b"/p/e/1" not in view.key_listeners
+    view.unlisten_key(b"/p/e/2", a)  # someone else's key: its listener stays
+    assert view.key_listeners[b"/p/e/2"] is other
+
+
+def test_views_share_one_dict_of_key_listeners() -> None:
+    shared: dict[bytes, object] = {}
+    one = ElectionView("one", b"/p/", shared)  # type: ignore[arg-type]
+    two = ElectionView("two", b"/p/", shared)  # type: ignore[arg-type]
+    r = _Recorder()
+    one.listen_key(b"/p/one/1", r)
+    assert two.key_listeners is one.key_listeners
+    two.apply(True, _kv(b"/p/two/1", 5))
+    one.apply(True, _kv(b"/p/one/1", 6))
+    assert r.changes == [(True, b"/p/one/1")]
+
+
+@pytest.mark.asyncio
+async def test_observer_queues_changes_and_drops_consecutive_duplicates() -> None:
+    observer = Observer()
+    first = LeaderInfo("e", b"/p/e/1", b"a", 1, 7)
+    second = LeaderInfo("e", b"/p/e/2", b"b", 2, 7)
+    for info in (first, first, None, second, second):
+        observer.leader_changed(info)
+    got = [await observer.__anext__() for _ in range(3)]
+    assert got == [first, None, second]
+
+    async def next_item() -> None:
+        got.append(await observer.__anext__())
+        done.set()
+
+    done = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(next_item)
+        await anyio.wait_all_tasks_blocked()
+        assert len(got) == 3  # nothing new yet: it waits
+        observer.leader_changed(first)
+        await done.wait()
+    assert got[-1] == first
+    observer.close()
+    assert [item async for item in observer] == []
