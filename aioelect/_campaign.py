@@ -4,8 +4,9 @@
    create revision; if present, e.g. after a timed-out write that landed
    anyway, reuse it). Its create revision is the candidate's token.
 2. Wait until the elector's mirror has seen that revision, then look up the
-   predecessor: the live key with the highest create revision below the
-   token. While there is one, wait for a change of the predecessor's key (or
+   predecessor: the live key just before ours in the mirror's order (create
+   revision, then etcd's event order for keys written by one transaction).
+   While there is one, wait for a change of the predecessor's key (or
    of our own) in the mirror: each waiter follows only its predecessor.
 3. With no predecessor left, win only if the mirror shows our key alive with
    our token in the same revision in which the last predecessor is gone: no
@@ -14,7 +15,10 @@
    read after a resync), so that is a consistent snapshot of the election at
    that revision, and no read is needed: no later key can get a lower create
    revision, and a later loss of our key reaches us like any leader's, within
-   one watch latency (and a lost lease by the local deadline, first).
+   one watch latency (and a lost lease by the local deadline, first). Only
+   if the mirror's watch restarted or resynced while we waited (where etcd
+   #18089 could drop an event) does one linearizable read confirm the win:
+   our key alive with our token, and no key created before it.
 4. Our key gone while waiting (deleted by someone, or a compaction resync
    shows it missing): campaign again with a new key, at the back. Session
    lost: campaign again on the next session.
@@ -139,8 +143,10 @@ async def _wait_turn(
     """Wait until ``key`` (created at ``token``) leads; None if it is gone or the session
     was lost."""
     conn = elector._conn
+    mirror = elector._mirror
     if not await _see_own_key(elector, session, view, key, token):
         return None
+    epoch = mirror.epoch  # the mirror's watch has not restarted since it showed our key
     while True:
         if session.is_lost:
             return None
@@ -153,7 +159,25 @@ async def _wait_turn(
             # Leadership is being handed to a candidate behind us: step to the back.
             await conn.txn([conn.cmp_create(key, token)], [conn.op_delete(key)])
             return None
-        pred = view.predecessor(token)
+        pred = view.predecessor(token, key)
+        if pred is None and mirror.epoch != epoch:
+            # The watch restarted meanwhile: confirm with one linearizable read that
+            # our key lives with our token and that no key was created before it.
+            before = mirror.epoch
+            eprefix = election_prefix(elector.prefix, view.name)
+            before_us = conn.op_created_before(eprefix, prefix_range_end(eprefix), token)
+            revision, (mine, ahead) = await elector._batcher.read([conn.op_get(key), before_us])
+            kvs = mine.response_range.kvs
+            if not kvs or kvs[0].create_revision != token:
+                log.debug("campaign for %r: the confirming read shows our key gone", view.name)
+                return None
+            if not ahead.response_range.kvs:
+                epoch = before  # confirmed: re-check the mirror, and win if it agrees
+            else:  # a predecessor the mirror does not show yet: let it catch up
+                await mirror.sync(revision)
+                if view.predecessor(token, key) is None:  # still not: pace the reads
+                    await anyio.sleep(0.05)
+            continue
         if pred is None:
             # The mirror shows our key alive (checked above) and no predecessor, in
             # one revision: we lead (see step 3 of the module docstring).

@@ -697,6 +697,21 @@ class Connection:
         )
 
     @staticmethod
+    def op_created_before(key: bytes, range_end: bytes, create_revision: int) -> Any:
+        """A range op returning one key (name only) of the range created before
+        ``create_revision``, if there is one. (Not ``count_only``: etcd counts
+        before it filters by create revision.)"""
+        return rpc.RequestOp(
+            request_range=rpc.RangeRequest(
+                key=key,
+                range_end=range_end,
+                limit=1,
+                keys_only=True,
+                max_create_revision=create_revision - 1,
+            )
+        )
+
+    @staticmethod
     def op_delete(key: bytes) -> Any:
         """A delete op of one key."""
         return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))

@@ -140,11 +140,15 @@ class ElectionView:
             return None
         return self.kvs.get(self.transfer.value)
 
-    def predecessor(self, token: int) -> KV | None:
-        """The live candidate created just before ``token``, or None."""
+    def predecessor(self, token: int, key: bytes) -> KV | None:
+        """The live candidate just before ``key`` (created at ``token``), or None.
+
+        Keys created in one transaction share a create revision: among them the
+        mirror's order (etcd's event order) decides, as it does for :meth:`leader`.
+        """
         best: KV | None = None
         for kv in self.kvs.values():
-            if kv.create_revision >= token:
+            if kv.create_revision > token or kv.key == key:
                 break
             best = kv
         return best
@@ -167,7 +171,7 @@ class ElectionView:
                 listeners.remove(listener)
                 if len(listeners) == 1:
                     self.key_listeners[key] = listeners[0]
-        elif listeners is not None and listeners == listener:
+        elif listeners is listener:
             del self.key_listeners[key]
 
     def apply(self, is_put: bool, kv: KV) -> None:
@@ -232,6 +236,11 @@ class Mirror:
         self.leader_changes = 0
         self._stream: WatchStream | None = None
         self.resyncs = 0
+        #: Bumped by every watch stream opened and every resync: a campaign whose
+        #: mirror restarted while it waited cannot rule out a lost event there (etcd
+        #: #18089 dropped a delete on a resumed, compacted watch) and confirms its
+        #: win with a read.
+        self.epoch = 0
 
     def view(self, name: str) -> ElectionView:
         """The view of election ``name`` (created empty if unknown)."""
@@ -242,6 +251,7 @@ class Mirror:
 
     async def load(self) -> None:
         """Read the whole range and make the mirror match it (a resync)."""
+        self.epoch += 1
         result = await self._conn.range(self.root, self._range_end)
         fresh: dict[bytes, KV] = {kv.key: kv for kv in result.kvs}
         touched: set[ElectionView] = set()
@@ -352,6 +362,7 @@ class Mirror:
     async def _follow(self) -> None:
         backoff = Backoff(initial=0.05, cap=1.0)
         while True:
+            self.epoch += 1
             stream = self._conn.watch_stream(self.root, self._range_end, self.seen_revision + 1)
             self._stream = stream
             try:

@@ -64,22 +64,26 @@ async def test_concurrent_creates_share_one_revision_and_each_key_exists(
     await raw.revoke(lease)
 
 
-async def test_an_uncontested_campaign_wins_with_one_transaction(
+async def test_a_campaign_takes_one_request_contested_or_not(
     make_elector: ElectorFactory, etcd_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A campaign sends one request, its create; a candidate that waited for a predecessor
-    sends no more: the mirror shows it first and alive in one revision (no confirming read)."""
+    sends no more: the mirror shows it first and alive in one revision (no confirming read).
+    Every request of either elector counts: transactions and ranges."""
     a = await make_elector()
     b = await make_elector()
     sent: list[str] = []
     for elector, who in ((a, "a"), (b, "b")):
-        original = elector._conn.txn
+        for method in ("txn", "range"):
+            original = getattr(elector._conn, method)
 
-        async def txn(*args: Any, _original: Any = original, _who: str = who, **kw: Any) -> Any:
-            sent.append(_who)
-            return await _original(*args, **kw)
+            async def call(
+                *args: Any, _original: Any = original, _who: str = who, **kw: Any
+            ) -> Any:
+                sent.append(_who)
+                return await _original(*args, **kw)
 
-        monkeypatch.setattr(elector._conn, "txn", txn)
+            monkeypatch.setattr(elector._conn, method, call)
     async with anyio.create_task_group() as tg:
         async with a.hold("job", "a"):
             assert sent == ["a"]  # its create

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import anyio
@@ -10,7 +11,7 @@ from helpers import ElectorFactory, eventually, keys_under, live_leases
 
 import aioelect
 from aioelect._batch import Batcher
-from aioelect._connection import Connection
+from aioelect._connection import Connection, WatchBatch
 
 pytestmark = pytest.mark.asyncio
 
@@ -174,13 +175,70 @@ async def test_waiting_candidate_whose_key_vanished_never_wins_on_it(
     assert tokens[0] > old_b.token
 
 
+async def _waiting_behind(a: aioelect.Elector, b: aioelect.Elector) -> aioelect.CandidateInfo:
+    """Once b's campaign for "job" waits behind a's term: b's candidate."""
+    await _queue_length(a, "job", 2)
+    old_b = (await a.candidates("job"))[1]
+
+    async def mirrored() -> bool:
+        return old_b.key in b._mirror.view("job").kvs
+
+    await eventually(mirrored, what="b's key mirrored")
+    await anyio.wait_all_tasks_blocked()  # b's campaign has seen its key and waits
+    return old_b
+
+
+@pytest.mark.parametrize("lost_event", [False, True])
+async def test_a_win_after_the_watch_restarted_is_confirmed_by_a_read(
+    make_elector: ElectorFactory, raw: Connection, monkeypatch: pytest.MonkeyPatch, lost_event: bool
+) -> None:
+    """A waiter whose mirror's watch restarted while it waited cannot rule out a lost
+    event (etcd #18089 dropped a delete on a resumed watch): it confirms its win with one
+    read. Its key alive, it wins on it; its key deleted but the delete lost, it does not
+    win on the vanished key (a phantom win) but campaigns again."""
+    a = await make_elector()
+    b = await make_elector()
+    won: list[int] = []
+    reads: list[int] = []
+    original_read = b._batcher.read
+
+    async def read(ops: object) -> object:
+        reads.append(1)
+        return await original_read(ops)  # type: ignore[arg-type]
+
+    async def waiter() -> None:
+        async with b.hold("job", "b") as term:
+            won.append(term.token)
+
+    async with anyio.create_task_group() as tg:
+        async with a.hold("job", "a"):
+            tg.start_soon(waiter)
+            old_b = await _waiting_behind(a, b)
+            monkeypatch.setattr(b._batcher, "read", read)
+            b._mirror.epoch += 1  # as a reconnect does
+            if lost_event:
+                mirror = b._mirror
+                apply = mirror.apply_batch
+
+                def dropping(batch: WatchBatch) -> None:
+                    events = [(p, kv) for p, kv in batch.events if p or kv.key != old_b.key]
+                    apply(dataclasses.replace(batch, events=events))
+
+                monkeypatch.setattr(mirror, "apply_batch", dropping)
+                await raw.txn([], [raw.op_delete(old_b.key)])
+    assert reads == [1]  # one confirming read (the new campaign after it needs none)
+    assert won == ([old_b.token] if not lost_event else won)
+    if lost_event:
+        assert len(won) == 1 and won[0] > old_b.token
+
+
 @pytest.mark.parametrize("point", ["txn", "own-key"])
 async def test_cancel_at_each_await_point_leaves_no_key(
     make_elector: ElectorFactory, raw: Connection, point: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Cancelled at each await of the campaign (after its key exists), hold() leaves no key.
 
-    (The wait for a predecessor, the only other await, has its own test below.)
+    (The wait for a predecessor has its own test below.)
     """
     from aioelect import _campaign
 

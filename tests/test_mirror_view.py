@@ -86,3 +86,34 @@ async def test_observer_queues_changes_and_drops_consecutive_duplicates() -> Non
     assert got[-1] == first
     observer.close()
     assert [item async for item in observer] == []
+
+
+def test_keys_created_in_one_transaction_lead_in_the_order_etcd_reported_them() -> None:
+    """Two candidate keys with one create revision (one outside transaction wrote both):
+    the first in etcd's event order is the other's predecessor, and leads; no tie."""
+    view = ElectionView("e", b"/p/")
+    older, first, second = _kv(b"/p/e/0", 3), _kv(b"/p/e/b", 9), _kv(b"/p/e/a", 9)
+    for kv in (older, first, second):
+        view.apply(True, kv)
+    assert view.predecessor(9, first.key) == older
+    assert view.predecessor(9, second.key) == first
+    view.apply(False, older)
+    assert view.predecessor(9, first.key) is None
+    assert view.leader() == first
+
+
+@pytest.mark.asyncio
+async def test_observer_keeps_what_a_lagging_consumer_has_not_read() -> None:
+    """A consumer far behind gets every change in order (the queue drops only what it
+    read), and after close() still gets what was queued, then the end."""
+    observer = Observer()
+    infos = [LeaderInfo("e", b"/p/e/%d" % i, b"v", i, 7) for i in range(200)]
+    for info in infos[:150]:
+        observer.leader_changed(info)
+    got = [await observer.__anext__() for _ in range(100)]
+    for info in infos[150:]:
+        observer.leader_changed(info)
+    observer.close()
+    observer.leader_changed(None)  # after close: ignored
+    got += [item async for item in observer]
+    assert got == infos
