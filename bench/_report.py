@@ -290,8 +290,8 @@ def render(res: dict[str, Any], out: Path) -> None:
         if len(starts) > 1:
             md += [
                 f"Every start of {max(r['n'] for r in runs):,} elections at the GC's defaults "
-                f"(the row above, then {len(starts) - 1} more in fresh processes, without handovers), "
-                "all running after (s): "
+                f"(the row above, then {len(starts) - 1} more in fresh processes, without "
+                "handovers), all running after (s): "
                 + ", ".join(f"{s:.3f}" for s in starts)
                 + f"; median {statistics.median(starts):.3f}, worst {max(starts):.3f}.",
                 "",
