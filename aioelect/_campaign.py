@@ -163,6 +163,7 @@ async def _wait_turn(
         if pred is None and mirror.epoch != epoch:
             # The watch restarted meanwhile: confirm with one linearizable read that
             # our key lives with our token and that no key was created before it.
+            log.debug("campaign for %r: the watch restarted meanwhile: confirming", view.name)
             before = mirror.epoch
             eprefix = election_prefix(elector.prefix, view.name)
             before_us = conn.op_created_before(eprefix, prefix_range_end(eprefix), token)
