@@ -4,8 +4,8 @@
    create revision; if present, e.g. after a timed-out write that landed
    anyway, reuse it). Its create revision is the candidate's token.
 2. Wait until the elector's mirror has seen that revision, then look up the
-   predecessor: the live key just before ours in the mirror's order (create
-   revision, then etcd's event order for keys written by one transaction).
+   predecessor: the live key just before ours by create revision (then by
+   key, for keys written by one transaction: every process orders them alike).
    While there is one, wait for a change of the predecessor's key (or
    of our own) in the mirror: each waiter follows only its predecessor.
 3. With no predecessor left, win only if the mirror shows our key alive with
@@ -16,9 +16,11 @@
    that revision, and no read is needed: no later key can get a lower create
    revision, and a later loss of our key reaches us like any leader's, within
    one watch latency (and a lost lease by the local deadline, first). Only
-   if the mirror's watch restarted or resynced while we waited (where etcd
-   #18089 could drop an event) does one linearizable read confirm the win:
-   our key alive with our token, and no key created before it.
+   if the mirror's watch restarted or resynced since our key's create (a
+   resumed watch is where etcd #18089 could drop an event) does one
+   linearizable read confirm the win: our key alive with our token, and no
+   key created before it. (aioelect trusts etcd's watch otherwise, for
+   waiting candidates and sitting leaders alike.)
 4. Our key gone while waiting (deleted by someone, or a compaction resync
    shows it missing): campaign again with a new key, at the back. Session
    lost: campaign again on the next session.
@@ -63,8 +65,12 @@ async def campaign(
     False and another candidate comes first.
     """
     conn = elector._conn
-    view = elector._mirror.view(name)
+    mirror = elector._mirror
+    view = mirror.view(name)
     backoff = Backoff(initial=0.05, cap=min(2.0, elector._config.ttl / 2))
+    # The mirror's epoch from before the create of the key we hold now (kept while a
+    # retry reuses that key): a watch restart since then makes the win confirm.
+    held: tuple[int, int] | None = None  # (token, epoch)
     while True:
         session = await elector._wait_session()
         key = candidate_key(elector.prefix, name, session.lease_id)
@@ -73,12 +79,16 @@ async def campaign(
             try:
                 if reclaim_stale:
                     await _reclaim(elector, name, value, session.lease_id)
+                epoch = mirror.epoch
                 token = await elector._batcher.create(key, value, session.lease_id)
                 if token is None:
                     token = await _create_alone(elector, key, value, session.lease_id)
                     if token is None:
                         continue
-                term = await _wait_turn(elector, session, view, key, token, wait)
+                if held is not None and held[0] == token:
+                    epoch = held[1]  # the same key as before: keep its older epoch
+                held = (token, epoch)
+                term = await _wait_turn(elector, session, view, key, token, epoch, wait)
                 if term is not None:
                     return term
                 log.debug("campaign for %r: key %r gone or session lost; again", name, key)
@@ -138,15 +148,15 @@ async def _wait_turn(
     view: ElectionView,
     key: bytes,
     token: int,
+    epoch: int,
     wait: bool = True,
 ) -> Term | None:
     """Wait until ``key`` (created at ``token``) leads; None if it is gone or the session
-    was lost."""
+    was lost. ``epoch``: the mirror's epoch from before the key was created."""
     conn = elector._conn
     mirror = elector._mirror
     if not await _see_own_key(elector, session, view, key, token):
         return None
-    epoch = mirror.epoch  # the mirror's watch has not restarted since it showed our key
     while True:
         if session.is_lost:
             return None

@@ -127,7 +127,14 @@ class ElectionView:
         While a transfer is under way (its target alive but not yet first),
         nobody leads: None.
         """
-        first = next(iter(self.kvs.values()), None)
+        first: KV | None = None
+        for kv in self.kvs.values():  # in create revision order; ties by key
+            if first is None:
+                first = kv
+            elif kv.create_revision != first.create_revision:
+                break
+            elif kv.key < first.key:
+                first = kv
         if first is not None and self.transfer is not None:
             target = self.kvs.get(self.transfer.value)
             if target is not None and target.key != first.key:
@@ -144,13 +151,16 @@ class ElectionView:
         """The live candidate just before ``key`` (created at ``token``), or None.
 
         Keys created in one transaction share a create revision: among them the
-        mirror's order (etcd's event order) decides, as it does for :meth:`leader`.
+        lower key comes first, as in :meth:`leader` (every process agrees, whether
+        its mirror saw the events or read the range).
         """
         best: KV | None = None
-        for kv in self.kvs.values():
-            if kv.create_revision > token or kv.key == key:
+        for kv in self.kvs.values():  # in create revision order
+            if kv.create_revision > token:
                 break
-            best = kv
+            rank = (kv.create_revision, kv.key)
+            if rank < (token, key) and (best is None or rank > (best.create_revision, best.key)):
+                best = kv
         return best
 
     def listen_key(self, key: bytes, listener: KeyListener) -> None:

@@ -88,18 +88,21 @@ async def test_observer_queues_changes_and_drops_consecutive_duplicates() -> Non
     assert [item async for item in observer] == []
 
 
-def test_keys_created_in_one_transaction_lead_in_the_order_etcd_reported_them() -> None:
+@pytest.mark.parametrize("order", ["b first", "a first"])
+def test_keys_created_in_one_transaction_lead_by_key(order: str) -> None:
     """Two candidate keys with one create revision (one outside transaction wrote both):
-    the first in etcd's event order is the other's predecessor, and leads; no tie."""
+    the lower key is the other's predecessor, and leads, whichever order the mirror got
+    them in (events in the transaction's order, or a range read in key order)."""
     view = ElectionView("e", b"/p/")
-    older, first, second = _kv(b"/p/e/0", 3), _kv(b"/p/e/b", 9), _kv(b"/p/e/a", 9)
-    for kv in (older, first, second):
+    older, low, high = _kv(b"/p/e/0", 3), _kv(b"/p/e/a", 9), _kv(b"/p/e/b", 9)
+    for kv in (older, high, low) if order == "b first" else (older, low, high):
         view.apply(True, kv)
-    assert view.predecessor(9, first.key) == older
-    assert view.predecessor(9, second.key) == first
+    assert view.predecessor(9, low.key) == older
+    assert view.predecessor(9, high.key) == low
+    assert view.predecessor(12, b"/p/e/c") == high
     view.apply(False, older)
-    assert view.predecessor(9, first.key) is None
-    assert view.leader() == first
+    assert view.predecessor(9, low.key) is None
+    assert view.leader() == low
 
 
 @pytest.mark.asyncio
