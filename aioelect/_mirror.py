@@ -9,9 +9,11 @@ makes "who leads" and "who is just before me" local look-ups: waiting
 candidates, leaders watching their own key and observers are all fed from this
 one stream, with no per-key watch and no request per event.
 
-Faults: a broken stream is re-opened from ``revision + 1``; if etcd compacted
-that revision (or cancels the watch), the mirror re-reads the range and turns
-the difference into events, so nobody waits on a key that vanished meanwhile.
+Faults: after a broken stream (or a compacted or cancelled one) the mirror
+re-reads the range, turns the difference into events (so nobody waits on a key
+that vanished meanwhile), and watches on from that read's revision. It never
+resumes a broken watch from an old revision: such a watch catches up from
+etcd's backend, where etcd #18089 could drop a delete.
 :meth:`Mirror.sync` waits until the mirror has reached a revision (asking etcd
 for a progress notification when nothing else moves it).
 """
@@ -371,7 +373,20 @@ class Mirror:
 
     async def _follow(self) -> None:
         backoff = Backoff(initial=0.05, cap=1.0)
+        broke = False
         while True:
+            if broke:
+                # Resync instead of resuming: a resumed watch catches up from etcd's
+                # backend, where etcd #18089 could drop a delete (and a leader would
+                # never see its key go); a range read cannot lose one.
+                try:
+                    await self.load()
+                except EtcdError as exc:
+                    log.debug("resync of %r failed: %s; retrying", self.root, exc)
+                    await anyio.sleep(backoff.next())
+                    continue
+                self.resyncs += 1
+                broke = False
             self.epoch += 1
             stream = self._conn.watch_stream(self.root, self._range_end, self.seen_revision + 1)
             self._stream = stream
@@ -390,7 +405,8 @@ class Mirror:
                     self.apply_batch(batch)
                     backoff.reset()
             except EtcdError as exc:
-                log.debug("watch of %r broke: %s; retrying", self.root, exc)
+                log.debug("watch of %r broke: %s; resync and watch again", self.root, exc)
+                broke = True
                 if isinstance(exc, AuthenticationFailed):
                     with contextlib.suppress(EtcdError):
                         await self._conn.reauthenticate()

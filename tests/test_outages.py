@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from typing import Any
 
 import anyio
 import pytest
@@ -118,6 +120,44 @@ async def test_compaction_while_waiting(
         with anyio.fail_after(10):
             await b_won.wait()
     assert b._mirror.resyncs >= 1
+
+
+async def test_a_watch_that_broke_resyncs_instead_of_resuming(
+    make_elector: ElectorFactory,
+    fault_proxy: FaultProxy,
+    raw: Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A leader's key deleted while its watch was down: the elector resyncs (a range read)
+    before it watches again, so the term ends even if the resumed watch lost the delete
+    (etcd #18089: a watch catching up across a compaction could; here every watch opened
+    after the break drops every delete)."""
+    a = await make_elector(ttl=10, endpoints=[fault_proxy.endpoint])
+    original = a._conn.watch_stream
+
+    def lossy(*args: Any, **kwargs: Any) -> Any:
+        stream = original(*args, **kwargs)
+        read = stream.read
+
+        async def read_without_deletes() -> Any:
+            batch = await read()
+            return dataclasses.replace(batch, events=[(p, kv) for p, kv in batch.events if p])
+
+        stream.read = read_without_deletes  # type: ignore[method-assign]
+        return stream
+
+    with pytest.raises(aioelect.LeadershipLost):
+        async with a.hold("job", "a") as term:
+            resyncs = a._mirror.resyncs
+            monkeypatch.setattr(a._conn, "watch_stream", lossy)
+            fault_proxy.blackhole()
+            fault_proxy.reset()
+            await raw.txn([], [raw.op_delete(term.key)])
+            fault_proxy.heal()
+            with anyio.fail_after(6):  # well before the renew deadline (6.7 s) ends it
+                await term.wait_lost()
+    assert term.end_reason == "leader key deleted"
+    assert a._mirror.resyncs > resyncs
 
 
 async def test_compaction_while_observing(
