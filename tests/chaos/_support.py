@@ -843,13 +843,22 @@ def leading_periods(
 
     A period starts when the term started and ends at the first of: the term
     ended (capped at its renew deadline), its holder entered on_stepped_down or
-    asked it to resign, or its process was killed. Returns the periods and the
-    terms without an end (every term of a living process must end).
+    asked it to resign, its process was killed, or its process woke from a pause
+    to find it invalid (then at its renew deadline, which the ``woke`` event
+    reports: a SIGCONT and SIGKILL in one round may let a paused process run for
+    a millisecond, long enough to report, not to end its terms). Returns the
+    periods and the terms without an end (every term of a living process must end).
     """
     starts: dict[tuple[Any, str, int], Event] = {}
     ends: dict[tuple[Any, str, int], float] = {}
     for e in events:
         kind = e["event"]
+        if kind == "woke":
+            for t in e.get("terms", ()):
+                if not t["is_valid"] and "valid_until" in t:
+                    k = (e.get("_proc"), t["election"], t["token"])
+                    ends[k] = min(ends.get(k, float("inf")), float(t["valid_until"]))
+            continue
         if kind not in ("elected", "ended", "stepped_down", "resign_asked"):
             continue
         k = (e.get("_proc"), e["election"], e["token"])

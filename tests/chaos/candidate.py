@@ -54,7 +54,14 @@ async def watchdog(member: Member, tick: float = 0.05, threshold: float = 1.0) -
                 gap=now - last,
                 t=now,
                 terms=[
-                    {"election": name, "token": term.token, "is_valid": term.is_valid}
+                    {
+                        "election": name,
+                        "token": term.token,
+                        "is_valid": term.is_valid,
+                        # The latest deadline (renewals only push it later): the
+                        # term was valid at no instant after it.
+                        "valid_until": term._session.valid_until,
+                    }
                     for name, term in member.current.items()
                 ],
             )

@@ -49,3 +49,25 @@ def test_last_alive() -> None:
     # Killed long after its last pause: the kill instant.
     assert last_alive(10.0, None, [(7.0, 8.0)], []) == 10.0
     assert last_alive(10.0, None, [], []) == 10.0
+
+
+def _woke(valid_until: float) -> dict[str, object]:
+    return {
+        "event": "woke",
+        "id": "a",
+        "t": 8.0,
+        "gap": 6.5,
+        "terms": [{"election": "e", "token": 10, "is_valid": False, "valid_until": valid_until}],
+        "_proc": 0,
+    }
+
+
+def test_a_leader_that_woke_invalid_led_until_its_deadline() -> None:
+    """a paused at t=1.5, then SIGCONT and SIGKILL at t=8: it ran long enough to report its
+    term invalid (renew deadline 2.5) but not to end it. b, elected at t=3, does not
+    overlap; with a deadline after b's start (4.0), it does."""
+    events = _events()
+    periods, _ = leading_periods([*events, _woke(2.5)], {0: 8.0})
+    assert check_intervals(periods) == []
+    periods, _ = leading_periods([*events, _woke(4.0)], {0: 8.0})
+    assert check_intervals(periods) == ["e: b term 20 started 1.000 s before a term 10 ended"]
