@@ -1,8 +1,8 @@
 """Coalescing of small requests into shared transactions.
 
-Thousands of elections started together would each send a create, and
-each observer a barrier read: one gRPC call apiece, whose client-side cost (not etcd's)
-bounds how fast one process starts them.
+Thousands of elections started together would each send a create, and each
+observer a barrier read: one gRPC call apiece, whose client-side cost (not
+etcd's) bounds how fast one process starts them.
 The :class:`Batcher` collects the requests made during one turn of the event
 loop and sends them as a few transactions of up to ``max_ops`` operations:
 

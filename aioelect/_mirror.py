@@ -31,6 +31,7 @@ import anyio
 from ._backoff import Backoff
 from ._connection import KV, Connection, WatchBatch, WatchStream
 from ._exceptions import AuthenticationFailed, ElectorClosed, EtcdError
+from ._few import Few, add, each, remove
 from ._keys import TRANSFER_SUFFIX, prefix_range_end, split_key, split_transfer_key
 from ._models import LeaderInfo
 
@@ -45,10 +46,6 @@ class KeyListener(Protocol):
 
 class LeaderListener(Protocol):
     def leader_changed(self, info: LeaderInfo | None) -> None: ...
-
-
-#: A key's listeners: one as is, or a list of two or more.
-_Listeners = KeyListener | list[KeyListener]
 
 
 class _Waiters:
@@ -110,7 +107,7 @@ class ElectionView:
     )
 
     def __init__(
-        self, name: str, root: bytes, key_listeners: dict[bytes, _Listeners] | None = None
+        self, name: str, root: bytes, key_listeners: dict[bytes, Few[KeyListener]] | None = None
     ) -> None:
         self.name = name
         self.transfer_key = root + name.encode() + TRANSFER_SUFFIX
@@ -119,7 +116,7 @@ class ElectionView:
         # Few objects per election (one process may mirror thousands): the listeners
         # by key live in one dict shared by the mirror's views (keys are full keys),
         # and a key's only listener is stored as is, without a list.
-        self.key_listeners: dict[bytes, _Listeners] = {} if key_listeners is None else key_listeners
+        self.key_listeners = {} if key_listeners is None else key_listeners
         self.leader_listeners: list[LeaderListener] = []
         self._leader: KV | None = None
 
@@ -167,24 +164,15 @@ class ElectionView:
 
     def listen_key(self, key: bytes, listener: KeyListener) -> None:
         """Call ``listener.key_changed(is_put, kv)`` on every change of ``key``."""
-        listeners = self.key_listeners.get(key)
-        if listeners is None:
-            self.key_listeners[key] = listener
-        elif isinstance(listeners, list):
-            listeners.append(listener)
-        else:
-            self.key_listeners[key] = [listeners, listener]
+        self.key_listeners[key] = add(self.key_listeners.get(key), listener)
 
     def unlisten_key(self, key: bytes, listener: KeyListener) -> None:
         """Stop calling ``listener`` (nothing if it does not listen)."""
-        listeners = self.key_listeners.get(key)
-        if isinstance(listeners, list):
-            if listener in listeners:
-                listeners.remove(listener)
-                if len(listeners) == 1:
-                    self.key_listeners[key] = listeners[0]
-        elif listeners is listener:
-            del self.key_listeners[key]
+        rest = remove(self.key_listeners.get(key), listener)
+        if rest is None:
+            self.key_listeners.pop(key, None)
+        else:
+            self.key_listeners[key] = rest
 
     def apply(self, is_put: bool, kv: KV) -> None:
         if kv.key == self.transfer_key:
@@ -201,12 +189,8 @@ class ElectionView:
             if old is None:
                 return
             kv = old
-        listeners = self.key_listeners.get(kv.key)
-        if isinstance(listeners, list):
-            for listener in tuple(listeners):
-                listener.key_changed(is_put, kv)
-        elif listeners is not None:
-            listeners.key_changed(is_put, kv)
+        for listener in each(self.key_listeners.get(kv.key)):
+            listener.key_changed(is_put, kv)
 
     def leader_moved(self) -> bool:
         """Tell the leader listeners if the leader (or its value) changed; return whether it did."""
@@ -235,7 +219,7 @@ class Mirror:
         self.root = root
         self._range_end = prefix_range_end(root)
         self.views: dict[str, ElectionView] = {}
-        self._key_listeners: dict[bytes, _Listeners] = {}  # shared by the views
+        self._key_listeners: dict[bytes, Few[KeyListener]] = {}  # shared by the views
         #: The revision the mirror has reached (progress notifications included).
         self.revision = 0
         #: The revision up to which the mirror has applied every event (from events
@@ -248,10 +232,10 @@ class Mirror:
         self.leader_changes = 0
         self._stream: WatchStream | None = None
         self.resyncs = 0
-        #: Bumped by every watch stream opened and every resync: a campaign whose
-        #: mirror restarted while it waited cannot rule out a lost event there (etcd
-        #: #18089 dropped a delete on a resumed, compacted watch) and confirms its
-        #: win with a read.
+        #: Bumped by every resync (every watch stream starts from one): a campaign
+        #: whose mirror restarted while it waited cannot rule out a lost event there
+        #: (etcd #18089 dropped a delete on a resumed, compacted watch) and confirms
+        #: its win with a read.
         self.epoch = 0
 
     def view(self, name: str) -> ElectionView:
@@ -387,7 +371,6 @@ class Mirror:
                     continue
                 self.resyncs += 1
                 broke = False
-            self.epoch += 1
             stream = self._conn.watch_stream(self.root, self._range_end, self.seen_revision + 1)
             self._stream = stream
             try:

@@ -11,7 +11,6 @@ term that etcd no longer considers leader never lands.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -24,6 +23,7 @@ from ._backoff import Backoff
 from ._config import to_bytes
 from ._connection import KV
 from ._exceptions import EtcdError, NoSuchCandidate, NotLeader
+from ._few import Few, add, each, remove
 from ._keys import election_prefix, prefix_range_end, transfer_key
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class Term:
         # Few objects per term (thousands of terms may live in one process):
         # the Event, the callbacks and extra scopes are only made when needed.
         self._lost: anyio.Event | None = None
-        self._scopes: anyio.CancelScope | list[anyio.CancelScope] | None = None
+        self._scopes: Few[anyio.CancelScope] = None
         self._own_values: tuple[bytes, ...] = (value,)
         self._on_end: list[Callable[[Term, str], None]] | None = None
         self._attached = False
@@ -138,7 +138,7 @@ class Term:
         if self._lost is not None:
             self._lost.set()
         if reason != RESIGNED:
-            for scope in self._scope_list():
+            for scope in each(self._scopes):
                 scope.cancel()
         if self._attached:
             self._attached = False
@@ -155,32 +155,13 @@ class Term:
         serves all terms (instead of re-arming one per term at every renewal).
         """
         scope = anyio.CancelScope()
-        scopes = self._scopes
-        if scopes is None:
-            self._scopes = scope  # the usual case: one scope, stored without a list
-        elif isinstance(scopes, list):
-            scopes.append(scope)
-        else:
-            self._scopes = [scopes, scope]
+        self._scopes = add(self._scopes, scope)
         if self._ended is not None and self._ended != RESIGNED:
             scope.cancel()
         return scope
 
     def _drop_scope(self, scope: anyio.CancelScope) -> None:
-        scopes = self._scopes
-        if scopes is scope:
-            self._scopes = None
-        elif isinstance(scopes, list):
-            with contextlib.suppress(ValueError):
-                scopes.remove(scope)
-            if len(scopes) <= 1:
-                self._scopes = scopes[0] if scopes else None
-
-    def _scope_list(self) -> tuple[anyio.CancelScope, ...]:
-        scopes = self._scopes
-        if scopes is None:
-            return ()
-        return tuple(scopes) if isinstance(scopes, list) else (scopes,)
+        self._scopes = remove(self._scopes, scope)
 
     def _add_on_end(self, callback: Callable[[Term, str], None]) -> None:
         if self._on_end is None:

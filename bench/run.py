@@ -569,64 +569,51 @@ async def _run_json(argv: list[str], timeout: float) -> dict[str, Any]:
     return result
 
 
+async def _scale_run(ctx: Ctx, label: str, n: int, *args: str) -> dict[str, Any]:
+    """One ``_scale.py`` process of ``n`` elections under its own prefix ``label``;
+    its result (``n`` set), once its keys are gone."""
+    argv = [
+        sys.executable, str(HERE / "_scale.py"), "--endpoint", ctx.endpoint,
+        "--prefix", f"{ctx.prefix}/{label}", "--n", str(n),
+        "--start-timeout", str(ctx.n["scale_start_timeout"]), *args,
+    ]  # fmt: skip
+    r = await _run_json(argv, ctx.n["scale_timeout"])
+    r.setdefault("n", n)
+    await _settle(ctx)
+    return r
+
+
 async def section_scale(ctx: Ctx) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     for n in ctx.n["scale_sizes"]:
         log(f"  scale N={n}")
-        argv = [
-            sys.executable, str(HERE / "_scale.py"), "--endpoint", ctx.endpoint,
-            "--prefix", f"{ctx.prefix}/scale{n}", "--n", str(n),
-            "--trials", str(ctx.n["scale_trials"]), "--idle", str(ctx.n["scale_idle"]),
-            "--start-timeout", str(ctx.n["scale_start_timeout"]),
-        ]  # fmt: skip
-        r = await _run_json(argv, ctx.n["scale_timeout"])
-        r.setdefault("n", n)
-        runs.append(r)
-        await _settle(ctx)
+        trials, idle = str(ctx.n["scale_trials"]), str(ctx.n["scale_idle"])
+        runs.append(await _scale_run(ctx, f"scale{n}", n, "--trials", trials, "--idle", idle))
     # One start is one sample, and the collector makes it vary from run to run: start
     # the largest size a few more times the same way (fresh processes, no handovers).
     big = max(ctx.n["scale_sizes"])
     restarts: list[dict[str, Any]] = []
     for i in range(ctx.n["scale_restarts"]):
         log(f"  scale N={big}, start again ({i + 1}/{ctx.n['scale_restarts']})")
-        argv = [
-            sys.executable, str(HERE / "_scale.py"), "--endpoint", ctx.endpoint,
-            "--prefix", f"{ctx.prefix}/scale{big}r{i}", "--n", str(big), "--trials", "1",
-            "--idle", "0.2", "--start-timeout", str(ctx.n["scale_start_timeout"]),
-        ]  # fmt: skip
-        r = await _run_json(argv, ctx.n["scale_timeout"])
-        r.setdefault("n", big)
-        restarts.append(r)
-        await _settle(ctx)
+        restarts.append(
+            await _scale_run(ctx, f"scale{big}r{i}", big, "--trials", "1", "--idle", "0.2")
+        )
     # The largest size again, started the other ways: GC paused during the start
     # (the README's advice for mass starts), and each task an anyio TaskGroup task.
     variants: list[dict[str, Any]] = []
     for label, extra in (("gc paused", ["--gc-paused"]), ("anyio tasks", ["--spawn", "anyio"])):
         log(f"  scale N={big}, {label}")
-        argv = [
-            sys.executable, str(HERE / "_scale.py"), "--endpoint", ctx.endpoint,
-            "--prefix", f"{ctx.prefix}/scale{big}v", "--n", str(big), "--trials", "20",
-            "--idle", "2", "--start-timeout", str(ctx.n["scale_start_timeout"]), *extra,
-        ]  # fmt: skip
-        r = await _run_json(argv, ctx.n["scale_timeout"])
-        r.setdefault("n", big)
+        args = ("--trials", "20", "--idle", "2", *extra)
+        r = await _scale_run(ctx, f"scale{big}v", big, *args)
         r["variant"] = label
         variants.append(r)
-        await _settle(ctx)
     traced: list[dict[str, Any]] = []
     for n in ctx.n["tracemalloc_sizes"]:
         for mode in ("hold", "observe"):
             log(f"  scale N={n}, {mode} only (tracemalloc)")
-            argv = [
-                sys.executable, str(HERE / "_scale.py"), "--endpoint", ctx.endpoint,
-                "--prefix", f"{ctx.prefix}/traced{n}{mode}", "--n", str(n), "--tracemalloc",
-                "--mode", mode, "--start-timeout", str(ctx.n["scale_start_timeout"]),
-            ]  # fmt: skip
-            r = await _run_json(argv, ctx.n["scale_timeout"])
-            r.setdefault("n", n)
+            r = await _scale_run(ctx, f"traced{n}{mode}", n, "--tracemalloc", "--mode", mode)
             r.setdefault("mode", mode)
             traced.append(r)
-            await _settle(ctx)
     return {"runs": runs, "traced": traced, "variants": variants, "restarts": restarts}
 
 
