@@ -12,7 +12,11 @@ loop and sends them as a few transactions of up to ``max_ops`` operations:
 - ``create(key, value, lease)``: "put if absent". A batch is one Txn whose
   compares require every key to be absent; if any exists, the whole batch
   fails and its callers are told to fall back to their own transaction
-  (rare: it needs a key left by an earlier, timed-out attempt).
+  (rare: it needs a key left by an earlier, timed-out attempt). With a
+  ``mirror``, the callers are answered once the mirror has seen the batch's
+  revision: one wait per batch instead of one per caller.
+- ``barrier()``: a linearizable barrier, then (with a ``mirror``) the mirror
+  catching up to it. The callers of one loop turn share one read and one wait.
 
 A lone read is sent at once from its caller's task (no added latency on a
 handover); the reads that come while it is in flight form the next batch.
@@ -25,9 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import anyio
 
@@ -44,30 +47,63 @@ MAX_OPS = 128
 MAX_BYTES = 512 * 1024
 
 
-@dataclass(eq=False)
+Reached = Callable[[BaseException | None], None]
+
+
+class MirrorLike(Protocol):
+    """What the batcher needs of the elector's mirror (see :class:`~aioelect._mirror.Mirror`):
+    ``callback`` is called synchronously, with None or the exception that ended the wait;
+    False means "already there", without a call."""
+
+    def when_seen(self, revision: int, callback: Reached) -> bool: ...
+
+    def when_synced(self, revision: int, callback: Reached) -> bool: ...
+
+
 class _Pending:
-    future: asyncio.Future[Any]
-    ops: Sequence[Any] = ()
-    key: bytes = b""
-    value: bytes = b""
-    lease: int = 0
-    size: int = 0
-    sent: asyncio.Task[None] | None = field(default=None, repr=False)
+    """One caller's request (a plain class with slots: thousands may wait at once)."""
+
+    __slots__ = ("future", "key", "lease", "ops", "sent", "size", "token", "value")
+
+    def __init__(
+        self,
+        future: asyncio.Future[Any],
+        ops: Sequence[Any] = (),
+        key: bytes = b"",
+        value: bytes = b"",
+        lease: int = 0,
+        size: int = 0,
+    ) -> None:
+        self.future = future
+        self.ops = ops
+        self.key = key
+        self.value = value
+        self.lease = lease
+        self.size = size
+        self.sent: asyncio.Task[None] | None = None
+        self.token = 0  # a create's revision, once its batch landed
 
 
 class Batcher:
     """Batches the reads and creates of one connection (see the module docstring)."""
 
     def __init__(
-        self, conn: Connection, max_ops: int = MAX_OPS, barrier_key: bytes = b"\0"
+        self,
+        conn: Connection,
+        max_ops: int = MAX_OPS,
+        barrier_key: bytes = b"\0",
+        mirror: MirrorLike | None = None,
     ) -> None:
         self._conn = conn
+        self._mirror = mirror
         # etcd answers a Txn without operations serializably (from the member's own
         # state): a batch of reads that carries no operation gets this one get.
         self._barrier = [conn.op_get(barrier_key)]
         self.max_ops = max_ops
         self._reads: list[_Pending] = []
         self._creates: list[_Pending] = []
+        # The callers of the barrier read not yet sent (None: no such read).
+        self._barriers: list[asyncio.Future[None]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._reading = 0  # read requests in flight
         # Create revisions of creates that landed after their caller was cancelled,
@@ -91,12 +127,48 @@ class Batcher:
             finally:
                 self._reading -= 1
             return int(resp.header.revision), list(resp.responses)[: len(ops)]
-        entry = _Pending(asyncio.get_running_loop().create_future(), ops=ops)
-        if not self._reads:
-            asyncio.get_running_loop().call_soon(self._flush_reads)
-        self._reads.append(entry)
-        result: tuple[int, list[Any]] = await self._wait(entry)
+        entry = self._enqueue_read(ops)
+        result: tuple[int, list[Any]] = await entry.future
         return result
+
+    def _enqueue_read(self, ops: Sequence[Any]) -> _Pending:
+        loop = asyncio.get_running_loop()
+        entry = _Pending(loop.create_future(), ops)
+        if not self._reads:
+            loop.call_soon(self._flush_reads)
+        self._reads.append(entry)
+        return entry
+
+    async def barrier(self) -> None:
+        """Wait for a linearizable barrier (etcd's revision as of now), then for the
+        mirror to reach that revision. Cancelling leaves nothing behind."""
+        if self._barriers is None and not self._reads and not self._reading:
+            revision, _ = await self.read(())  # alone: sent at once, from this task
+            if self._mirror is not None:
+                future = asyncio.get_running_loop().create_future()
+                if self._mirror.when_synced(revision, lambda exc: _settled([future], exc)):
+                    await future
+            return
+        future = asyncio.get_running_loop().create_future()
+        if self._barriers is None:
+            group = self._barriers = [future]
+            self._enqueue_read(()).future.add_done_callback(
+                lambda read: self._barrier_read(group, read)
+            )
+        else:
+            self._barriers.append(future)
+        await future
+
+    def _barrier_read(self, group: list[asyncio.Future[None]], read: asyncio.Future[Any]) -> None:
+        if read.cancelled():
+            _settled(group, ElectorClosed("the elector was closed"))
+        elif read.exception() is not None:
+            _settled(group, read.exception())
+        else:
+            revision: int = read.result()[0]
+            mirror = self._mirror
+            if mirror is None or not mirror.when_synced(revision, lambda exc: _settled(group, exc)):
+                _settled(group, None)
 
     async def create(self, key: bytes, value: bytes, lease: int) -> int | None:
         """Put ``key`` if it does not exist; return its create revision.
@@ -115,19 +187,18 @@ class Batcher:
         if not self._creates:
             asyncio.get_running_loop().call_soon(self._flush_creates)
         self._creates.append(entry)
-        result: int | None = await self._wait(entry)
-        return result
-
-    async def _wait(self, entry: _Pending) -> Any:
         try:
-            return await entry.future
+            result: int | None = await entry.future
         except BaseException:
             sent = entry.sent
-            if entry.key and sent is not None and not sent.done():
+            if sent is not None and not sent.done():
                 # Let the batch land first, so that the caller's clean-up follows it.
                 with anyio.CancelScope(shield=True):
                     await asyncio.wait({sent}, timeout=self._conn.timeout)
+            if entry.token:  # it landed: the clean-up deletes exactly that key
+                self._landed[key] = entry.token
             raise
+        return result
 
     def landed(self, key: bytes) -> int | None:
         """The create revision of ``key`` if its create landed after its caller was
@@ -141,6 +212,7 @@ class Batcher:
                 entry.future.set_exception(ElectorClosed("the elector was closed"))
         self._reads.clear()
         self._creates.clear()
+        self._barriers = None
         for task in self._tasks:
             task.cancel()
 
@@ -179,6 +251,7 @@ class Batcher:
 
     def _flush_reads(self) -> None:
         entries, self._reads = self._reads, []
+        self._barriers = None  # the barrier read goes now: later callers need a new one
         for chunk in self._chunks(entries, by_ops=True):
             self._spawn(chunk, self._send_reads(chunk))
 
@@ -210,12 +283,8 @@ class Batcher:
             at += n
 
     async def _send_creates(self, chunk: list[_Pending]) -> None:
-        conn = self._conn
         try:
-            resp = await conn.txn(
-                [conn.cmp_create(e.key, 0) for e in chunk],
-                [conn.op_put(e.key, e.value, e.lease) for e in chunk],
-            )
+            resp = await self._conn.create_keys([(e.key, e.value, e.lease) for e in chunk])
         except BaseException as exc:
             self._failed(chunk, exc, self._send_creates, by_ops=False)
             if not isinstance(exc, Exception):
@@ -228,10 +297,13 @@ class Batcher:
             return
         revision = int(resp.header.revision)
         for entry in chunk:
+            entry.token = revision
             if entry.future.done():  # its caller was cancelled: keep the token for its clean-up
                 self._landed[entry.key] = revision
-            else:
-                entry.future.set_result(revision)
+        # With a mirror, answer once it has seen the keys (one wait for the whole batch).
+        mirror = self._mirror
+        if mirror is None or not mirror.when_seen(revision, lambda exc: _created(chunk, exc)):
+            _created(chunk, None)
 
     def _failed(
         self, chunk: list[_Pending], exc: BaseException, send: Any, *, by_ops: bool
@@ -254,6 +326,24 @@ class Batcher:
 def _too_big(exc: EtcdError) -> bool:
     text = str(exc)
     return "too many operations" in text or "too large" in text
+
+
+def _created(chunk: list[_Pending], exc: BaseException | None) -> None:
+    for entry in chunk:
+        if not entry.future.done():
+            if exc is None:
+                entry.future.set_result(entry.token)
+            else:
+                entry.future.set_exception(exc)
+
+
+def _settled(group: list[asyncio.Future[None]], exc: BaseException | None) -> None:
+    for future in group:
+        if not future.done():
+            if exc is None:
+                future.set_result(None)
+            else:
+                future.set_exception(exc)
 
 
 def _fail(chunk: list[_Pending], exc: BaseException) -> None:

@@ -67,12 +67,12 @@ async def campaign(
     conn = elector._conn
     mirror = elector._mirror
     view = mirror.view(name)
-    backoff = Backoff(initial=0.05, cap=min(2.0, elector._config.ttl / 2))
+    backoff: Backoff | None = None  # made on the first error
     # The mirror's epoch from before the create of the key we hold now (kept while a
     # retry reuses that key): a watch restart since then makes the win confirm.
     held: tuple[int, int] | None = None  # (token, epoch)
     while True:
-        session = await elector._wait_session()
+        session = elector._live_session() or await elector._wait_session()
         key = candidate_key(elector.prefix, name, session.lease_id)
         token: int | None = None
         try:
@@ -97,10 +97,17 @@ async def campaign(
                 log.debug("campaign for %r: %s; retrying", name, exc)
             # Inside the outer try: cancelled during the back-off, the key (which may
             # exist, e.g. written before a failed read) is deleted too.
+            if backoff is None:
+                backoff = Backoff(initial=0.05, cap=min(2.0, elector._config.ttl / 2))
             await anyio.sleep(backoff.next())
         except BaseException:
             if token is None:  # cancelled while its batched create was landing
                 token = elector._batcher.landed(key)
+            if elector._state != "open":
+                # The elector is closing: its lease revoke deletes the key (a delete of
+                # our own could race the connection's close, which grpc reports as a
+                # bare CancelledError).
+                raise
             # Guarded by our token when we know it: a delete that times out here may
             # still land later, and must not remove a later campaign's key (same
             # lease, same key name) that won meanwhile.
@@ -155,7 +162,8 @@ async def _wait_turn(
     was lost. ``epoch``: the mirror's epoch from before the key was created."""
     conn = elector._conn
     mirror = elector._mirror
-    if not await _see_own_key(elector, session, view, key, token):
+    # (A batched create answers once the mirror has seen it: no wait here.)
+    if mirror.seen_revision < token and not await _see_own_key(elector, session, view, key, token):
         return None
     while True:
         if session.is_lost:

@@ -126,7 +126,7 @@ class Elector:
             )
         self._root = (self.prefix + "/").encode()
         self._mirror = Mirror(self._conn, self._root)
-        self._batcher = Batcher(self._conn, barrier_key=self._root)
+        self._batcher = Batcher(self._conn, barrier_key=self._root, mirror=self._mirror)
         self._state = "new"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tg: TaskGroup | None = None
@@ -204,7 +204,7 @@ class Elector:
                     self._embedded.endpoint, timeout=self._config.request_timeout
                 )
                 self._mirror = Mirror(self._conn, self._root)
-                self._batcher = Batcher(self._conn, barrier_key=self._root)
+                self._batcher = Batcher(self._conn, barrier_key=self._root, mirror=self._mirror)
             await self._open()
         except BaseException:
             await self._teardown()
@@ -371,12 +371,17 @@ class Elector:
                 log.debug("revoking lost lease %x: %s", lease_id, exc)
                 await anyio.sleep(backoff.next())
 
+    def _live_session(self) -> Session | None:
+        """The live session, or None while it is being re-granted."""
+        self._check_usable()
+        session = self._session
+        return session if session is not None and session.is_live() else None
+
     async def _wait_session(self) -> Session:
         """The live session, waiting for a new one while it is being re-granted."""
         while True:
-            self._check_usable()
-            session = self._session
-            if session is not None and session.is_live():
+            session = self._live_session()
+            if session is not None:
                 return session
             await self._session_changed.wait()
 

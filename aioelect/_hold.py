@@ -125,8 +125,7 @@ class ObserveBlock:
             raise ConfigError("observe", "this observe() block is in use; call observe() again")
         elector._check_usable()
         name = self._name = check_name(self._name)
-        revision, _ = await elector._batcher.read(())  # a linearizable barrier
-        await elector._mirror.sync(revision)
+        await elector._batcher.barrier()  # the mirror is as current as a linearizable read
         elector._check_usable()  # closed meanwhile: do not register after the teardown
         view = elector._mirror.view(name)
         observer = self._observer = Observer()

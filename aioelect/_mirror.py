@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 import anyio
@@ -48,13 +49,17 @@ class LeaderListener(Protocol):
     def leader_changed(self, info: LeaderInfo | None) -> None: ...
 
 
+#: Called once a revision is reached, with None, or with the exception that ended the wait.
+Reached = Callable[[BaseException | None], None]
+
+
 class _Waiters:
-    """Futures waiting for a revision, resolved in revision order (a heap)."""
+    """Futures and callbacks waiting for a revision, woken in revision order (a heap)."""
 
     __slots__ = ("_failed", "_heap", "_seq")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._heap: list[tuple[int, int, asyncio.Future[None] | Reached]] = []
         self._seq = 0
         self._failed: BaseException | None = None
 
@@ -70,20 +75,32 @@ class _Waiters:
         heapq.heappush(self._heap, (revision, self._seq, future))
         return future
 
+    def add_callback(self, revision: int, callback: Reached) -> None:
+        """Call ``callback`` (synchronously) once ``revision`` is reached, or it fails."""
+        if self._failed is not None:
+            callback(self._failed)
+            return
+        self._seq += 1
+        heapq.heappush(self._heap, (revision, self._seq, callback))
+
     def fail(self, exc: BaseException) -> None:
         """Fail every waiter, and those that come later (the mirror stopped)."""
         self._failed = exc
         heap, self._heap = self._heap, []
-        for _, _, future in heap:
-            if not future.done():
-                future.set_exception(exc)
+        for _, _, waiter in heap:
+            if not isinstance(waiter, asyncio.Future):
+                waiter(exc)
+            elif not waiter.done():
+                waiter.set_exception(exc)
 
     def advance(self, revision: int) -> None:
         heap = self._heap
         while heap and heap[0][0] <= revision:
-            future = heapq.heappop(heap)[2]
-            if not future.done():  # a cancelled waiter's future is done
-                future.set_result(None)
+            waiter = heapq.heappop(heap)[2]
+            if not isinstance(waiter, asyncio.Future):
+                waiter(None)
+            elif not waiter.done():  # a cancelled waiter's future is done
+                waiter.set_result(None)
 
 
 def leader_info(name: str, kv: KV | None) -> LeaderInfo | None:
@@ -322,6 +339,15 @@ class Mirror:
         self._waiting.set()
         await future
 
+    def when_synced(self, revision: int, callback: Reached) -> bool:
+        """Call ``callback`` once the mirror has reached ``revision`` (as :meth:`sync`);
+        False, without calling it, if it already has."""
+        if self.revision >= revision:
+            return False
+        self._sync_waiters.add_callback(revision, callback)
+        self._waiting.set()
+        return True
+
     def seen_future(self, revision: int) -> asyncio.Future[None] | None:
         """A future resolved once every event up to ``revision`` has been applied.
 
@@ -330,6 +356,14 @@ class Mirror:
         if self.seen_revision >= revision:
             return None
         return self._seen_waiters.add(revision)
+
+    def when_seen(self, revision: int, callback: Reached) -> bool:
+        """Call ``callback`` once every event up to ``revision`` has been applied (as
+        :meth:`seen_future`); False, without calling it, if that is already the case."""
+        if self.seen_revision >= revision:
+            return False
+        self._seen_waiters.add_callback(revision, callback)
+        return True
 
     async def _request_progress(self) -> None:
         """While sync() waiters wait, ask for a progress notification every 50 ms."""

@@ -74,7 +74,7 @@ async def test_a_campaign_takes_one_request_contested_or_not(
     b = await make_elector()
     sent: list[str] = []
     for elector, who in ((a, "a"), (b, "b")):
-        for method in ("txn", "range"):
+        for method in ("txn", "range", "create_keys"):
             original = getattr(elector._conn, method)
 
             async def call(
@@ -263,14 +263,13 @@ async def test_campaign_waiting_for_its_own_event_ends_when_the_elector_closes(
     outcome: list[BaseException] = []
     async with aioelect.Elector(endpoints=etcd.endpoints, prefix=etcd_prefix, ttl=2) as elector:
         monkeypatch.setattr(elector._mirror, "apply_batch", lambda batch: None)
-        original = elector._batcher.create
+        original = elector._batcher._send_creates
 
-        async def create(*args: object) -> int | None:
-            result = await original(*args)  # type: ignore[arg-type]
-            created.set()
-            return result
+        async def send_creates(chunk: Any) -> None:
+            await original(chunk)
+            created.set()  # landed; its caller waits for the mirror to see it
 
-        monkeypatch.setattr(elector._batcher, "create", create)
+        monkeypatch.setattr(elector._batcher, "_send_creates", send_creates)
 
         async def campaign() -> None:
             try:
@@ -287,3 +286,93 @@ async def test_campaign_waiting_for_its_own_event_ends_when_the_elector_closes(
                 await elector.__aexit__(None, None, None)
     assert len(outcome) == 1
     assert await keys_under(raw, f"{etcd_prefix}/stalled/") == []
+
+
+async def test_a_batched_create_answers_once_the_mirror_has_seen_its_key(
+    make_elector: ElectorFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the elector's mirror, a create's caller is answered only when the mirror shows
+    its key (one wait per batch, not per caller), so the campaign has nothing more to wait for."""
+    elector = await make_elector()
+    session = await elector._wait_session()
+    mirror = elector._mirror
+    seen: list[tuple[int, int, bool]] = []  # (token, mirror's seen revision, key in the view)
+    # Hold the watch's responses back until every batch has landed.
+    held_back: list[Any] = []
+    apply = mirror.apply_batch
+    monkeypatch.setattr(mirror, "apply_batch", held_back.append)
+    send, landed = elector._batcher._send_creates, 0
+    all_landed = anyio.Event()
+
+    async def send_creates(chunk: Any) -> None:
+        nonlocal landed
+        await send(chunk)
+        landed += len(chunk)
+        if landed == 200:
+            all_landed.set()
+
+    monkeypatch.setattr(elector._batcher, "_send_creates", send_creates)
+
+    async def create(i: int) -> None:
+        key = f"{elector.prefix}/c{i}/{session.lease_id:x}".encode()
+        token = await elector._batcher.create(key, b"v", session.lease_id)
+        assert token is not None
+        kv = mirror.view(f"c{i}").kvs.get(key)
+        seen.append((token, mirror.seen_revision, kv is not None and kv.create_revision == token))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(200):
+            tg.start_soon(create, i)
+        await all_landed.wait()
+        await anyio.lowlevel.checkpoint()
+        assert seen == []  # landed, but the mirror has not seen the keys
+        monkeypatch.setattr(mirror, "apply_batch", apply)
+        for batch in held_back:  # later ones are applied as they come
+            apply(batch)
+    assert len(seen) == 200
+    assert all(revision >= token and shown for token, revision, shown in seen)
+    assert len(mirror._seen_waiters._heap) == 0
+
+
+async def test_concurrent_barriers_share_one_read_and_each_sees_earlier_writes(
+    make_elector: ElectorFactory, raw: Connection
+) -> None:
+    """barrier(): callers of one loop turn share one read; each returns with the mirror at
+    least at a revision read after its call; a cancelled caller leaves the others unharmed."""
+    elector = await make_elector()
+    batcher = elector._batcher
+    put = await raw.txn([], [raw.op_put(f"{elector.prefix}/w/k".encode(), b"v")])
+    written = int(put.header.revision)
+    reached: list[int] = []
+    blocker = anyio.Event()
+
+    async def lone() -> None:  # in flight while the others come: they form a batch
+        await batcher.read(())
+        blocker.set()
+
+    async def barrier() -> None:
+        await batcher.barrier()
+        reached.append(elector._mirror.revision)
+
+    cancelled = anyio.CancelScope()
+
+    async def leaving() -> None:
+        with cancelled:
+            await batcher.barrier()
+        reached.append(-1)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lone)
+        await anyio.lowlevel.checkpoint()  # lone's read is in flight now
+        for _ in range(50):
+            tg.start_soon(barrier)
+        tg.start_soon(leaving)
+        await anyio.lowlevel.checkpoint()  # all 51 joined; the group's read is not sent yet
+        cancelled.cancel()
+    assert blocker.is_set()
+    assert reached.count(-1) == 1  # the one that left
+    done = [revision for revision in reached if revision != -1]
+    assert len(done) == 50
+    assert len(set(done)) == 1  # one read: one revision
+    assert done[0] >= written
+    assert batcher.batches == 1  # one read for the whole group (the lone one is not a batch)

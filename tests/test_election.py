@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import anyio
 import pytest
@@ -239,33 +240,38 @@ async def test_a_win_after_the_watch_restarted_is_confirmed_by_a_read(
         assert won == [old_b.token]
 
 
-@pytest.mark.parametrize("point", ["txn", "own-key"])
+@pytest.mark.parametrize("point", ["txn", "mirror"])
 async def test_cancel_at_each_await_point_leaves_no_key(
     make_elector: ElectorFactory, raw: Connection, point: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Cancelled at each await of the campaign (after its key exists), hold() leaves no key.
+    """Cancelled at each await of the campaign (after its key exists), hold() leaves no key:
+    after its create returned, and while the create waits for the mirror to see the key.
 
     (The wait for a predecessor has its own test below.)
     """
-    from aioelect import _campaign
-
     a = await make_elector()
     reached = anyio.Event()
-    cls, attr = {
-        "txn": (Batcher, "create"),
-        "own-key": (_campaign, "_see_own_key"),
-    }[point]
-    original = getattr(cls, attr)
+    if point == "txn":
+        original = Batcher.create
 
-    async def gate(first: object, *args: object, **kwargs: object) -> object:
-        result = await original(first, *args, **kwargs)
-        if first is a._batcher or first is a:
+        async def gate(batcher: Batcher, *args: Any) -> int | None:
+            result = await original(batcher, *args)
+            if batcher is a._batcher:
+                reached.set()
+                await anyio.sleep_forever()
+            return result
+
+        monkeypatch.setattr(Batcher, "create", gate)
+    else:  # the watch delivers nothing: the create landed, its answer waits for the mirror
+        monkeypatch.setattr(a._mirror, "apply_batch", lambda batch: None)
+        send = a._batcher._send_creates
+
+        async def landed(chunk: Any) -> None:
+            await send(chunk)
             reached.set()
-            await anyio.sleep_forever()
-        return result
 
+        monkeypatch.setattr(a._batcher, "_send_creates", landed)
     async with anyio.create_task_group() as tg:
-        monkeypatch.setattr(cls, attr, gate)
         tg.start_soon(_hold_forever, a, "job")
         await reached.wait()
         assert len(await keys_under(raw, f"{a.prefix}/job/")) == 1
@@ -305,8 +311,8 @@ async def test_cancel_while_the_create_lands_deletes_exactly_that_key(
     never remove a later key of the same name)."""
     a = await make_elector()
     conn = a._conn
-    original = conn.txn
-    calls: list[tuple[int, int]] = []  # (compares, ops) of each transaction
+    original, original_create = conn.txn, conn.create_keys
+    calls: list[tuple[int, int]] = []  # (compares, ops) of each transaction (a create: n, n)
     sent = anyio.Event()
 
     async def txn(compare: list[object], success: list[object], *args: object) -> object:
@@ -314,7 +320,13 @@ async def test_cancel_while_the_create_lands_deletes_exactly_that_key(
         sent.set()
         return await original(compare, success, *args)  # type: ignore[arg-type]
 
+    async def create_keys(items: list[object], *args: object) -> object:
+        calls.append((len(items), len(items)))
+        sent.set()
+        return await original_create(items, *args)  # type: ignore[arg-type]
+
     monkeypatch.setattr(conn, "txn", txn)
+    monkeypatch.setattr(conn, "create_keys", create_keys)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_hold_forever, a, "job")
         await sent.wait()  # the batched create is on its way, not yet answered
