@@ -20,16 +20,17 @@ loop and sends them as a few transactions of up to ``max_ops`` operations:
 
 A lone read is sent at once from its caller's task (no added latency on a
 handover); the reads that come while it is in flight form the next batch.
-A caller cancelled before its batch is sent is left out of it; a create cancelled
-after waits, shielded and bounded, until the batch has landed, so that its
-clean-up cannot overtake its own write.
+A caller cancelled before its batch is sent is left out of it; a create's
+caller cancelled after asks :meth:`Batcher.landing`, which lets the batch land
+first (shielded, bounded), so that its clean-up cannot overtake its own write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import anyio
@@ -61,7 +62,10 @@ class MirrorLike(Protocol):
 
 
 class _Pending:
-    """One caller's request (a plain class with slots: thousands may wait at once)."""
+    """One caller's request (a plain class with slots: thousands may wait at once).
+
+    Awaiting it awaits its future (no coroutine of its own).
+    """
 
     __slots__ = ("future", "key", "lease", "ops", "sent", "size", "token", "value")
 
@@ -82,6 +86,9 @@ class _Pending:
         self.size = size
         self.sent: asyncio.Task[None] | None = None
         self.token = 0  # a create's revision, once its batch landed
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.future.__await__()
 
 
 class Batcher:
@@ -106,9 +113,6 @@ class Batcher:
         self._barriers: list[asyncio.Future[None]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._reading = 0  # read requests in flight
-        # Create revisions of creates that landed after their caller was cancelled,
-        # by key, for the caller's clean-up (see :meth:`landed`).
-        self._landed: dict[bytes, int] = {}
         #: Transactions sent, and requests they carried (for statistics).
         self.batches = 0
         self.requests = 0
@@ -139,25 +143,28 @@ class Batcher:
         self._reads.append(entry)
         return entry
 
-    async def barrier(self) -> None:
+    def barrier(self) -> Awaitable[None]:
         """Wait for a linearizable barrier (etcd's revision as of now), then for the
-        mirror to reach that revision. Cancelling leaves nothing behind."""
+        mirror to reach that revision. Cancelling leaves nothing behind.
+
+        Not a coroutine (one object less per caller): returns what to await.
+        """
         if self._barriers is None and not self._reads and not self._reading:
-            revision, _ = await self.read(())  # alone: sent at once, from this task
-            if self._mirror is not None:
-                future = asyncio.get_running_loop().create_future()
-                if self._mirror.when_synced(revision, lambda exc: _settled([future], exc)):
-                    await future
-            return
-        future = asyncio.get_running_loop().create_future()
+            return self._barrier_alone()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._barriers is None:
             group = self._barriers = [future]
-            self._enqueue_read(()).future.add_done_callback(
-                lambda read: self._barrier_read(group, read)
-            )
+            self._enqueue_read(()).future.add_done_callback(partial(self._barrier_read, group))
         else:
             self._barriers.append(future)
-        await future
+        return future
+
+    async def _barrier_alone(self) -> None:
+        revision, _ = await self.read(())  # sent at once, from this task
+        if self._mirror is not None:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if self._mirror.when_synced(revision, partial(_settled, [future])):
+                await future
 
     def _barrier_read(self, group: list[asyncio.Future[None]], read: asyncio.Future[Any]) -> None:
         if read.cancelled():
@@ -167,16 +174,17 @@ class Batcher:
         else:
             revision: int = read.result()[0]
             mirror = self._mirror
-            if mirror is None or not mirror.when_synced(revision, lambda exc: _settled(group, exc)):
+            if mirror is None or not mirror.when_synced(revision, partial(_settled, group)):
                 _settled(group, None)
 
-    async def create(self, key: bytes, value: bytes, lease: int) -> int | None:
-        """Put ``key`` if it does not exist; return its create revision.
+    def create(self, key: bytes, value: bytes, lease: int) -> _Pending:
+        """Put ``key`` if it does not exist; await the result for its create revision.
 
         None: the key may exist (its batch failed); the caller must check with a
-        transaction of its own.
+        transaction of its own. A caller that stops waiting (cancelled, or failed)
+        asks :meth:`landing` whether its key was written. Not a coroutine: one
+        object less per caller.
         """
-        self._landed.pop(key, None)  # from an earlier create of this key: stale now
         entry = _Pending(
             asyncio.get_running_loop().create_future(),
             key=key,
@@ -187,23 +195,18 @@ class Batcher:
         if not self._creates:
             asyncio.get_running_loop().call_soon(self._flush_creates)
         self._creates.append(entry)
-        try:
-            result: int | None = await entry.future
-        except BaseException:
-            sent = entry.sent
-            if sent is not None and not sent.done():
-                # Let the batch land first, so that the caller's clean-up follows it.
-                with anyio.CancelScope(shield=True):
-                    await asyncio.wait({sent}, timeout=self._conn.timeout)
-            if entry.token:  # it landed: the clean-up deletes exactly that key
-                self._landed[key] = entry.token
-            raise
-        return result
+        return entry
 
-    def landed(self, key: bytes) -> int | None:
-        """The create revision of ``key`` if its create landed after its caller was
-        cancelled (the caller's clean-up then deletes exactly that key); else None."""
-        return self._landed.pop(key, None)
+    async def landing(self, entry: _Pending) -> int | None:
+        """For the caller of a create that stopped waiting: the key's create revision if
+        it was written, else None. A batch in flight is let land first (shielded,
+        bounded), so that the caller's clean-up follows its write and can delete
+        exactly that key."""
+        sent = entry.sent
+        if sent is not None and not sent.done():
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({sent}, timeout=self._conn.timeout)
+        return entry.token or None
 
     def close(self) -> None:
         """Cancel the batches in flight; their callers get ElectorClosed."""
@@ -298,8 +301,6 @@ class Batcher:
         revision = int(resp.header.revision)
         for entry in chunk:
             entry.token = revision
-            if entry.future.done():  # its caller was cancelled: keep the token for its clean-up
-                self._landed[entry.key] = revision
         # With a mirror, answer once it has seen the keys (one wait for the whole batch).
         mirror = self._mirror
         if mirror is None or not mirror.when_seen(revision, lambda exc: _created(chunk, exc)):

@@ -75,12 +75,15 @@ async def campaign(
         session = elector._live_session() or await elector._wait_session()
         key = candidate_key(elector.prefix, name, session.lease_id)
         token: int | None = None
+        pending = None  # the batched create, until it answers
         try:
             try:
                 if reclaim_stale:
                     await _reclaim(elector, name, value, session.lease_id)
                 epoch = mirror.epoch
-                token = await elector._batcher.create(key, value, session.lease_id)
+                pending = elector._batcher.create(key, value, session.lease_id)
+                token = await pending
+                pending = None
                 if token is None:
                     token = await _create_alone(elector, key, value, session.lease_id)
                     if token is None:
@@ -101,8 +104,8 @@ async def campaign(
                 backoff = Backoff(initial=0.05, cap=min(2.0, elector._config.ttl / 2))
             await anyio.sleep(backoff.next())
         except BaseException:
-            if token is None:  # cancelled while its batched create was landing
-                token = elector._batcher.landed(key)
+            if token is None and pending is not None:  # stopped waiting for the create
+                token = await elector._batcher.landing(pending)
             if elector._state != "open":
                 # The elector is closing: its lease revoke deletes the key (a delete of
                 # our own could race the connection's close, which grpc reports as a

@@ -8,7 +8,6 @@ one process holds or observes thousands of elections.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -129,7 +128,7 @@ class ObserveBlock:
         elector._check_usable()  # closed meanwhile: do not register after the teardown
         view = elector._mirror.view(name)
         observer = self._observer = Observer()
-        view.leader_listeners.append(observer)
+        view.listen_leader(observer)
         elector._observers.add(observer)
         observer.leader_changed(leader_info(name, view.leader()))
         return observer
@@ -146,7 +145,6 @@ class ObserveBlock:
         elector = self._elector
         view = elector._mirror.views.get(self._name)
         if view is not None:
-            with contextlib.suppress(ValueError):
-                view.leader_listeners.remove(observer)
+            view.unlisten_leader(observer)
         elector._observers.discard(observer)
         observer.close()

@@ -134,7 +134,7 @@ class ElectionView:
         # by key live in one dict shared by the mirror's views (keys are full keys),
         # and a key's only listener is stored as is, without a list.
         self.key_listeners = {} if key_listeners is None else key_listeners
-        self.leader_listeners: list[LeaderListener] = []
+        self.leader_listeners: Few[LeaderListener] = None
         self._leader: KV | None = None
 
     def leader(self) -> KV | None:
@@ -191,6 +191,14 @@ class ElectionView:
         else:
             self.key_listeners[key] = rest
 
+    def listen_leader(self, listener: LeaderListener) -> None:
+        """Call ``listener.leader_changed(info)`` on every change of leader."""
+        self.leader_listeners = add(self.leader_listeners, listener)
+
+    def unlisten_leader(self, listener: LeaderListener) -> None:
+        """Stop calling ``listener`` (nothing if it does not listen)."""
+        self.leader_listeners = remove(self.leader_listeners, listener)
+
     def apply(self, is_put: bool, kv: KV) -> None:
         if kv.key == self.transfer_key:
             if not is_put and self.transfer is None:
@@ -223,7 +231,7 @@ class ElectionView:
             return False
         self._leader = new
         info = leader_info(self.name, new)
-        for listener in tuple(self.leader_listeners):
+        for listener in each(self.leader_listeners):
             listener.leader_changed(info)
         return True
 

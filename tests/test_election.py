@@ -11,7 +11,6 @@ import pytest
 from helpers import ElectorFactory, eventually, keys_under, live_leases
 
 import aioelect
-from aioelect._batch import Batcher
 from aioelect._connection import Connection, WatchBatch
 
 pytestmark = pytest.mark.asyncio
@@ -251,17 +250,14 @@ async def test_cancel_at_each_await_point_leaves_no_key(
     """
     a = await make_elector()
     reached = anyio.Event()
-    if point == "txn":
-        original = Batcher.create
+    if point == "txn":  # the create answered: the campaign looks at its turn next
+        from aioelect import _campaign
 
-        async def gate(batcher: Batcher, *args: Any) -> int | None:
-            result = await original(batcher, *args)
-            if batcher is a._batcher:
-                reached.set()
-                await anyio.sleep_forever()
-            return result
+        async def gate(*args: Any) -> None:
+            reached.set()
+            await anyio.sleep_forever()
 
-        monkeypatch.setattr(Batcher, "create", gate)
+        monkeypatch.setattr(_campaign, "_wait_turn", gate)
     else:  # the watch delivers nothing: the create landed, its answer waits for the mirror
         monkeypatch.setattr(a._mirror, "apply_batch", lambda batch: None)
         send = a._batcher._send_creates
@@ -333,7 +329,6 @@ async def test_cancel_while_the_create_lands_deletes_exactly_that_key(
         tg.cancel_scope.cancel()
     assert await keys_under(raw, f"{a.prefix}/") == []
     assert calls == [(1, 1), (1, 1)]  # the create, then the guarded delete
-    assert a._batcher._landed == {}
 
 
 async def test_cancel_while_waiting_for_predecessor_leaves_no_key(
