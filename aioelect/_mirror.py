@@ -34,7 +34,7 @@ from ._connection import KV, Connection, WatchBatch, WatchStream
 from ._exceptions import AuthenticationFailed, ElectorClosed, EtcdError
 from ._few import Few, add, each, remove
 from ._keys import TRANSFER_SUFFIX, prefix_range_end, split_key, split_transfer_key
-from ._models import LeaderInfo
+from ._models import CandidateInfo, LeaderInfo
 
 __all__ = ("ElectionView", "Mirror")
 
@@ -103,11 +103,26 @@ class _Waiters:
                 waiter.set_result(None)
 
 
+# A frozen dataclass's __init__ sets each field with object.__setattr__; the slots'
+# own setters do the same in a third of the time (one LeaderInfo per election and
+# change of leader, so thousands at a mass start).
+_new = object.__new__
+_set_name, _set_key, _set_value, _set_token, _set_lease = (
+    CandidateInfo.__dict__[field].__set__ for field in ("name", "key", "value", "token", "lease_id")
+)
+
+
 def leader_info(name: str, kv: KV | None) -> LeaderInfo | None:
     """The LeaderInfo of ``kv`` (None for a vacancy)."""
     if kv is None:
         return None
-    return LeaderInfo(name, kv.key, kv.value, kv.create_revision, kv.lease)
+    info: LeaderInfo = _new(LeaderInfo)
+    _set_name(info, name)
+    _set_key(info, kv.key)
+    _set_value(info, kv.value)
+    _set_token(info, kv.create_revision)
+    _set_lease(info, kv.lease)
+    return info
 
 
 class ElectionView:

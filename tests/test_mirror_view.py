@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 from aioelect._connection import KV
-from aioelect._mirror import ElectionView
+from aioelect._mirror import ElectionView, leader_info
 from aioelect._models import LeaderInfo
 from aioelect._observe import Observer
 
@@ -120,3 +120,13 @@ async def test_observer_keeps_what_a_lagging_consumer_has_not_read() -> None:
     observer.leader_changed(None)  # after close: ignored
     got += [item async for item in observer]
     assert got == infos
+
+
+def test_leader_info_equals_the_dataclass_built_the_usual_way() -> None:
+    kv = KV(b"/p/job/1a", b"value", 7, 9, 0x1A)
+    info = leader_info("job", kv)
+    assert info == LeaderInfo("job", b"/p/job/1a", b"value", 7, 0x1A)
+    assert type(info) is LeaderInfo
+    assert hash(info) == hash(LeaderInfo("job", b"/p/job/1a", b"value", 7, 0x1A))
+    assert repr(info) == repr(LeaderInfo("job", b"/p/job/1a", b"value", 7, 0x1A))
+    assert leader_info("job", None) is None
