@@ -247,6 +247,9 @@ class Batcher:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # Cancelled before its first step (close() in the loop turn of a flush), the task
+        # never ran its own failure path: answer its callers here.
+        task.add_done_callback(partial(_cancelled_early, chunk))
         for entry in chunk:
             entry.sent = task
         self.batches += 1
@@ -345,6 +348,11 @@ def _settled(group: list[asyncio.Future[None]], exc: BaseException | None) -> No
                 future.set_result(None)
             else:
                 future.set_exception(exc)
+
+
+def _cancelled_early(chunk: list[_Pending], task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        _fail(chunk, ElectorClosed("the elector was closed"))
 
 
 def _fail(chunk: list[_Pending], exc: BaseException) -> None:

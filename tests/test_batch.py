@@ -326,6 +326,7 @@ async def test_a_batched_create_answers_once_the_mirror_has_seen_its_key(
         await all_landed.wait()
         await anyio.lowlevel.checkpoint()
         assert seen == []  # landed, but the mirror has not seen the keys
+        assert len(mirror._seen_waiters._heap) == 2  # one wait per batch (128 + 72)
         monkeypatch.setattr(mirror, "apply_batch", apply)
         for batch in held_back:  # later ones are applied as they come
             apply(batch)
@@ -334,25 +335,36 @@ async def test_a_batched_create_answers_once_the_mirror_has_seen_its_key(
     assert len(mirror._seen_waiters._heap) == 0
 
 
-async def test_concurrent_barriers_share_one_read_and_each_sees_earlier_writes(
-    make_elector: ElectorFactory, raw: Connection
+async def test_concurrent_barriers_share_one_read_and_wait_for_the_mirror(
+    make_elector: ElectorFactory, raw: Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """barrier(): callers of one loop turn share one read; each returns with the mirror at
-    least at a revision read after its call; a cancelled caller leaves the others unharmed."""
+    """barrier(): the callers of one loop turn share one read and one wait; none returns
+    before the mirror has applied a write made before the call; a cancelled caller leaves
+    the others unharmed."""
     elector = await make_elector()
-    batcher = elector._batcher
+    batcher, mirror = elector._batcher, elector._mirror
+    # Hold the watch's responses (events and progress alike) back.
+    held_back: list[Any] = []
+    apply = mirror.apply_batch
+    monkeypatch.setattr(mirror, "apply_batch", held_back.append)
     put = await raw.txn([], [raw.op_put(f"{elector.prefix}/w/k".encode(), b"v")])
     written = int(put.header.revision)
     reached: list[int] = []
-    blocker = anyio.Event()
+    read_done = anyio.Event()
+    send_reads = batcher._send_reads
+
+    async def sending(chunk: Any) -> None:
+        await send_reads(chunk)
+        read_done.set()
+
+    monkeypatch.setattr(batcher, "_send_reads", sending)
 
     async def lone() -> None:  # in flight while the others come: they form a batch
         await batcher.read(())
-        blocker.set()
 
     async def barrier() -> None:
         await batcher.barrier()
-        reached.append(elector._mirror.revision)
+        reached.append(mirror.revision)
 
     cancelled = anyio.CancelScope()
 
@@ -369,10 +381,51 @@ async def test_concurrent_barriers_share_one_read_and_each_sees_earlier_writes(
         tg.start_soon(leaving)
         await anyio.lowlevel.checkpoint()  # all 51 joined; the group's read is not sent yet
         cancelled.cancel()
-    assert blocker.is_set()
-    assert reached.count(-1) == 1  # the one that left
+        await read_done.wait()
+        await anyio.lowlevel.checkpoint()
+        assert reached == [-1]  # read, but the mirror has not caught up: nobody returned
+        assert len(mirror._sync_waiters._heap) == 1  # one wait for the group
+        monkeypatch.setattr(mirror, "apply_batch", apply)
+        for batch in held_back:  # later ones are applied as they come
+            apply(batch)
     done = [revision for revision in reached if revision != -1]
     assert len(done) == 50
-    assert len(set(done)) == 1  # one read: one revision
-    assert done[0] >= written
-    assert batcher.batches == 1  # one read for the whole group (the lone one is not a batch)
+    assert min(done) >= written
+    assert (batcher.batches, batcher.requests) == (1, 1)  # one read for the whole group
+
+
+async def test_batches_cancelled_before_they_started_fail_their_callers(
+    raw: Connection,
+) -> None:
+    """close() in the loop turn of a flush cancels batch tasks before their first step:
+    their callers still get ElectorClosed instead of waiting forever."""
+    batcher = Batcher(raw)
+    raised: list[str] = []
+
+    async def create(i: int) -> None:
+        try:
+            await batcher.create(f"/never/{i}".encode(), b"v", 0)
+        except aioelect.ElectorClosed:
+            raised.append("create")
+
+    async def read() -> None:
+        try:
+            await batcher.barrier()
+        except aioelect.ElectorClosed:
+            raised.append("barrier")
+
+    async def lone() -> None:  # keeps the barriers from going alone
+        await batcher.read(())
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lone)
+            await anyio.lowlevel.checkpoint()
+            for i in range(3):
+                tg.start_soon(create, i)
+                tg.start_soon(read)
+            await anyio.lowlevel.checkpoint()  # all queued, the flushes not run yet
+            batcher._flush_creates()
+            batcher._flush_reads()
+            batcher.close()  # cancels the two batch tasks before their first step
+    assert sorted(raised) == ["barrier"] * 3 + ["create"] * 3

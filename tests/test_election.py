@@ -276,6 +276,35 @@ async def test_cancel_at_each_await_point_leaves_no_key(
     assert await keys_under(raw, f"{a.prefix}/") == []
 
 
+async def test_cancel_while_waiting_to_see_a_reused_key_leaves_no_key(
+    make_elector: ElectorFactory, raw: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key left by an earlier attempt of the same lease makes the batched create fail: the
+    campaign reuses the key and waits for its mirror to see it. Cancelled there, it deletes it."""
+    from aioelect import _campaign
+
+    a = await make_elector()
+    session = await a._wait_session()
+    monkeypatch.setattr(a._mirror, "apply_batch", lambda batch: None)  # the mirror sees nothing
+    key = f"{a.prefix}/job/{session.lease_id:x}".encode()
+    await raw.txn([], [raw.op_put(key, b"x", session.lease_id)])
+    reached = anyio.Event()
+    original = _campaign._see_own_key
+
+    async def gate(*args: Any) -> bool:
+        reached.set()
+        return await original(*args)
+
+    monkeypatch.setattr(_campaign, "_see_own_key", gate)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_hold_forever, a, "job")
+        await reached.wait()
+        assert [kv.key for kv in await keys_under(raw, f"{a.prefix}/job/")] == [key]
+        tg.cancel_scope.cancel()
+    monkeypatch.undo()
+    assert await keys_under(raw, f"{a.prefix}/") == []
+
+
 async def test_cancel_during_the_back_off_after_an_error_leaves_no_key(
     make_elector: ElectorFactory, raw: Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
