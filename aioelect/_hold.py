@@ -108,30 +108,40 @@ class HoldBlock:
         return swallowed
 
 
-class ObserveBlock:
-    """``async with elector.observe(name) as leaders``: see :meth:`Elector.observe`."""
+class ObserveBlock(Observer):
+    """``async with elector.observe(name) as leaders``: see :meth:`Elector.observe`.
 
-    __slots__ = ("_elector", "_name", "_observer")
+    The block is its own iterator (one object per observer instead of two).
+    """
+
+    __slots__ = ("_elector", "_in_use", "_name")
 
     def __init__(self, elector: Elector, name: str) -> None:
+        super().__init__()
+        self._closed = True  # iterated before the block is entered: nothing to give
         self._elector = elector
         self._name = name
-        self._observer: Observer | None = None
+        self._in_use = False
 
     async def __aenter__(self) -> Observer:
         elector = self._elector
-        if self._observer is not None:
+        if self._in_use:
             raise ConfigError("observe", "this observe() block is in use; call observe() again")
         elector._check_usable()
         name = self._name = check_name(self._name)
-        await elector._batcher.barrier()  # the mirror is as current as a linearizable read
-        elector._check_usable()  # closed meanwhile: do not register after the teardown
+        self._in_use = True
+        try:
+            await elector._batcher.barrier()  # the mirror is as current as a linearizable read
+            elector._check_usable()  # closed meanwhile: do not register after the teardown
+        except BaseException:
+            self._in_use = False
+            raise
+        self._reset()
         view = elector._mirror.view(name)
-        observer = self._observer = Observer()
-        view.listen_leader(observer)
-        elector._observers.add(observer)
-        observer.leader_changed(leader_info(name, view.leader()))
-        return observer
+        view.listen_leader(self)
+        elector._observers.add(self)
+        self.leader_changed(leader_info(name, view.leader()))
+        return self
 
     async def __aexit__(
         self,
@@ -139,12 +149,10 @@ class ObserveBlock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        observer = self._observer
-        assert observer is not None
-        self._observer = None
         elector = self._elector
         view = elector._mirror.views.get(self._name)
         if view is not None:
-            view.unlisten_leader(observer)
-        elector._observers.discard(observer)
-        observer.close()
+            view.unlisten_leader(self)
+        elector._observers.discard(self)
+        self.close()
+        self._in_use = False

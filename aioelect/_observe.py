@@ -23,6 +23,10 @@ class Observer:
     __slots__ = ("_closed", "_head", "_items", "_last", "_waiter")
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        """Empty and open (again)."""
         self._items: list[LeaderInfo | None] | None = None  # made while items wait
         self._head = 0  # items before it were consumed
         self._waiter: asyncio.Future[None] | None = None

@@ -461,6 +461,35 @@ async def test_proclaim_changes_value_and_observers_see_it(make_elector: Elector
     assert seen == [b"v2"]
 
 
+async def test_an_observe_block_is_used_once_at_a_time_and_can_be_entered_again(
+    make_elector: ElectorFactory,
+) -> None:
+    """An observe() block is its own iterator: it gives nothing before it is entered, refuses
+    a second entry while in use, ends its iteration on exit, and starts afresh when entered
+    again (the current leader first, nothing left over from its first use)."""
+    a = await make_elector()
+    block = a.observe("job")
+    assert [info async for info in block] == []  # not entered: ends at once
+    async with a.hold("job", "v1") as term:
+        async with block as leaders:
+            with pytest.raises(aioelect.ConfigError, match="in use"):
+                await block.__aenter__()
+            first = await anext(aiter(leaders))
+            assert first is not None and first.token == term.token
+            await term.proclaim("v2")
+
+            async def queued() -> bool:
+                return block._items is not None
+
+            await eventually(queued, what="v2 queued")  # and never read
+        await term.proclaim("v3")
+        async with block as again:
+            info = await anext(aiter(again))
+            assert info is not None and info.value == b"v3"  # the leader now, not v2
+        assert [info async for info in block] == []  # exited: iteration ends
+    assert a._observers == set()
+
+
 async def test_leader_and_candidates(make_elector: ElectorFactory) -> None:
     """leader() and candidates() report the live candidates in election order."""
     a = await make_elector()
