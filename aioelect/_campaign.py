@@ -127,19 +127,23 @@ async def _create_alone(elector: Elector, key: bytes, value: bytes, lease_id: in
     """Create ``key`` or reuse it if it exists (e.g. an earlier write that timed out but landed).
 
     Returns its create revision, or None if it vanished meanwhile (try again).
+    Shielded (each request has its deadline): a campaign cancelled meanwhile learns
+    the key's create revision, and its clean-up follows this write instead of
+    overtaking it with an unguarded delete.
     """
     conn = elector._conn
-    resp = await conn.txn(
-        [conn.cmp_create(key, 0)], [conn.op_put(key, value, lease_id)], [conn.op_get(key)]
-    )
-    if resp.succeeded:
-        return int(resp.header.revision)
-    kvs = resp.responses[0].response_range.kvs
-    if not kvs:
-        return None
-    token = int(kvs[0].create_revision)
-    if kvs[0].value != value:
-        await conn.txn([conn.cmp_create(key, token)], [conn.op_put(key, value, lease_id)])
+    token: int | None = None
+    with anyio.CancelScope(shield=True):
+        resp = await conn.txn(
+            [conn.cmp_create(key, 0)], [conn.op_put(key, value, lease_id)], [conn.op_get(key)]
+        )
+        kvs = resp.responses[0].response_range.kvs
+        if resp.succeeded:
+            token = int(resp.header.revision)
+        elif kvs:
+            token = int(kvs[0].create_revision)
+            if kvs[0].value != value:
+                await conn.txn([conn.cmp_create(key, token)], [conn.op_put(key, value, lease_id)])
     return token
 
 

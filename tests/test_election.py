@@ -305,6 +305,39 @@ async def test_cancel_while_waiting_to_see_a_reused_key_leaves_no_key(
     assert await keys_under(raw, f"{a.prefix}/") == []
 
 
+async def test_cancel_while_creating_alone_deletes_exactly_that_key(
+    make_elector: ElectorFactory, raw: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key left by an earlier attempt makes the batched create fail, and the campaign
+    writes (or reuses) its key in a transaction of its own. Cancelled while that is in
+    flight, it lets it finish and deletes the key guarded by its create revision."""
+    a = await make_elector()
+    session = await a._wait_session()
+    key = f"{a.prefix}/job/{session.lease_id:x}".encode()
+    await raw.txn([], [raw.op_put(key, b"earlier", session.lease_id)])
+    conn = a._conn
+    original = conn.txn
+    calls: list[tuple[int, int]] = []  # (compares, ops) of each transaction
+    alone, proceed = anyio.Event(), anyio.Event()
+
+    async def txn(compare: list[object], success: list[object], *args: object) -> object:
+        calls.append((len(compare), len(success)))
+        if len(args) == 1:  # the lone create (put if absent, else get): in flight until told
+            alone.set()
+            await proceed.wait()
+        return await original(compare, success, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(conn, "txn", txn)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_hold_forever, a, "job")
+        await alone.wait()
+        tg.cancel_scope.cancel()
+        proceed.set()
+    assert await keys_under(raw, f"{a.prefix}/") == []
+    # The lone create, its rewrite of the value, then the delete guarded by the token.
+    assert calls == [(1, 1), (1, 1), (1, 1)]
+
+
 async def test_cancel_during_the_back_off_after_an_error_leaves_no_key(
     make_elector: ElectorFactory, raw: Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
