@@ -29,14 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Generator, Sequence
 from functools import partial
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ._connection import Connection
 from ._exceptions import ElectorClosed, EtcdError
+
+if TYPE_CHECKING:
+    from ._mirror import Mirror
 
 __all__ = ("Batcher",)
 
@@ -46,19 +49,6 @@ log = logging.getLogger("aioelect")
 MAX_OPS = 128
 #: Keep a batch well below etcd's default request size limit (1.5 MiB).
 MAX_BYTES = 512 * 1024
-
-
-Reached = Callable[[BaseException | None], None]
-
-
-class MirrorLike(Protocol):
-    """What the batcher needs of the elector's mirror (see :class:`~aioelect._mirror.Mirror`):
-    ``callback`` is called synchronously, with None or the exception that ended the wait;
-    False means "already there", without a call."""
-
-    def when_seen(self, revision: int, callback: Reached) -> bool: ...
-
-    def when_synced(self, revision: int, callback: Reached) -> bool: ...
 
 
 class _Pending:
@@ -99,7 +89,7 @@ class Batcher:
         conn: Connection,
         max_ops: int = MAX_OPS,
         barrier_key: bytes = b"\0",
-        mirror: MirrorLike | None = None,
+        mirror: Mirror | None = None,
     ) -> None:
         self._conn = conn
         self._mirror = mirror
@@ -162,9 +152,7 @@ class Batcher:
     async def _barrier_alone(self) -> None:
         revision, _ = await self.read(())  # sent at once, from this task
         if self._mirror is not None:
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            if self._mirror.when_synced(revision, partial(_settled, [future])):
-                await future
+            await self._mirror.sync(revision)
 
     def _barrier_read(self, group: list[asyncio.Future[None]], read: asyncio.Future[Any]) -> None:
         if read.cancelled():
@@ -210,9 +198,7 @@ class Batcher:
 
     def close(self) -> None:
         """Cancel the batches in flight; their callers get ElectorClosed."""
-        for entry in self._reads + self._creates:
-            if not entry.future.done():
-                entry.future.set_exception(ElectorClosed("the elector was closed"))
+        _fail(self._reads + self._creates, ElectorClosed("the elector was closed"))
         self._reads.clear()
         self._creates.clear()
         self._barriers = None
@@ -284,8 +270,7 @@ class Batcher:
         at = 0
         for entry in chunk:
             n = len(entry.ops)
-            if not entry.future.done():
-                entry.future.set_result((revision, responses[at : at + n]))
+            _answer(entry.future, None, (revision, responses[at : at + n]))
             at += n
 
     async def _send_creates(self, chunk: list[_Pending]) -> None:
@@ -296,10 +281,9 @@ class Batcher:
             if not isinstance(exc, Exception):
                 raise
             return
-        if not resp.succeeded:
+        if not resp.succeeded:  # a key exists: every caller checks alone
             for entry in chunk:
-                if not entry.future.done():
-                    entry.future.set_result(None)
+                _answer(entry.future, None)
             return
         revision = int(resp.header.revision)
         for entry in chunk:
@@ -332,22 +316,23 @@ def _too_big(exc: EtcdError) -> bool:
     return "too many operations" in text or "too large" in text
 
 
+def _answer(future: asyncio.Future[Any], exc: BaseException | None, result: Any = None) -> None:
+    """Resolve ``future`` with ``exc`` if given, else ``result`` (unless its caller left)."""
+    if not future.done():
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
+
+
 def _created(chunk: list[_Pending], exc: BaseException | None) -> None:
     for entry in chunk:
-        if not entry.future.done():
-            if exc is None:
-                entry.future.set_result(entry.token)
-            else:
-                entry.future.set_exception(exc)
+        _answer(entry.future, exc, entry.token)
 
 
 def _settled(group: list[asyncio.Future[None]], exc: BaseException | None) -> None:
     for future in group:
-        if not future.done():
-            if exc is None:
-                future.set_result(None)
-            else:
-                future.set_exception(exc)
+        _answer(future, exc)
 
 
 def _cancelled_early(chunk: list[_Pending], task: asyncio.Task[None]) -> None:
@@ -361,5 +346,4 @@ def _fail(chunk: list[_Pending], exc: BaseException) -> None:
     elif not isinstance(exc, Exception):
         exc = EtcdError(f"request failed: {exc!r}")
     for entry in chunk:
-        if not entry.future.done():
-            entry.future.set_exception(exc)
+        _answer(entry.future, exc)
