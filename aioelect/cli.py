@@ -35,6 +35,7 @@ import anyio.abc
 
 from ._config import check_name
 from ._connection import TLSConfig
+from . import __version__
 from ._elector import Elector
 from ._exceptions import (
     AioelectError,
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Leader election on etcd: run a command on exactly one host, "
         "or look at who leads.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument(
         "--endpoints",
         default=_env("ENDPOINTS", "127.0.0.1:2379"),

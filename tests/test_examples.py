@@ -331,3 +331,36 @@ def test_seed_style_demo(env: dict[str, str]) -> None:
     assert {"n1", "n2", "n3"} <= changes
     assert not [line for line in lines if line.startswith("flush skipped")]
     assert lines[-1] == "done: 4 terms"
+
+
+def test_example_test_of_a_users_code(etcd: EtcdServer, tmp_path: Path) -> None:
+    """examples/testing/test_my_service.py, the README's example of testing your own code
+    with the plugin, passes when run by pytest as a user's project would run it (its own
+    rootdir and config; the plugin pointed at this session's etcd)."""
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_default_fixture_loop_scope = function\nfilterwarnings = error\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOELECT_")}
+    env["AIOELECT_TEST_ENDPOINTS"] = etcd.endpoint
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-c",
+            str(tmp_path / "pytest.ini"),
+            "--rootdir",
+            str(tmp_path),
+            "-p",
+            "no:cacheprovider",
+            "--aioelect-backend=env",
+            "-q",
+            str(EXAMPLES / "testing" / "test_my_service.py"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 passed" in out.stdout
