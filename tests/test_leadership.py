@@ -215,6 +215,9 @@ async def test_transfer_to_each_of_five_candidates(make_elector: ElectorFactory)
         for target in [3, 1, 4, 0, 2]:
             if target == current:
                 continue
+            # A transfer moves the candidates queued before the target to the back (delete,
+            # then create again): wait until every one of them is queued once more.
+            await eventually(lambda: _n_candidates(electors[0], 5), what="all queued again")
             counts = [len(r.elected) for r in recs]
             await leads[current].change_leader_to(f"n{target}")
             await recs[target].wait_elected(counts[target] + 1)
