@@ -33,9 +33,9 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from . import __version__
 from ._config import check_name
 from ._connection import TLSConfig
-from . import __version__
 from ._elector import Elector
 from ._exceptions import (
     AioelectError,

@@ -16,7 +16,7 @@ The plugin is registered through the ``pytest11`` entry point, so installing
 """
 
 try:
-    import pytest as _pytest  # noqa: F401  (the plugin and its fixtures need it)
+    import pytest  # noqa: F401  (the plugin and its fixtures need it)
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a venv without pytest
     raise ModuleNotFoundError(
         "aioelect.testing needs pytest and pytest-asyncio: "

@@ -51,8 +51,11 @@ async def test_only_one_replica_sends(etcd: EtcdServer, etcd_prefix: str) -> Non
         leader_in = asyncio.Event()
         release = asyncio.Event()
 
+        tokens: list[int] = []
+
         async def hold_leadership() -> None:
-            async with a.hold("nightly-report", "a"):
+            async with a.hold("nightly-report", "a") as term:
+                tokens.append(term.token)
                 leader_in.set()
                 await release.wait()
 
@@ -67,4 +70,4 @@ async def test_only_one_replica_sends(etcd: EtcdServer, etcd_prefix: str) -> Non
         sender = ReportSender(b, "b")
         assert await sender.send_once()
         assert await a.leader("nightly-report") is None  # and resigned again
-        assert sender.sent and sender.sent[0] > 0
+        assert sender.sent[0] > tokens[0]
