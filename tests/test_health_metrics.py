@@ -97,9 +97,14 @@ async def test_health_of_leaderships_and_require_leader(make_elector: ElectorFac
                 "name": "job",
                 "value": "a",
                 "node_name": "node-a",
+                "ready": True,
+                "state": "running",
                 "is_leader": True,
                 "token": l1.term.token,
                 "expires_in": r1["leaderships"][0]["expires_in"],
+                "retry_in": None,
+                "callback_errors": 0,
+                "last_error": None,
             }
         ]
         assert r2["leaderships"][0]["is_leader"] is False

@@ -327,7 +327,8 @@ class Boom(Exception):
 async def test_callback_exception_propagates_after_resign(
     make_elector: ElectorFactory, raw: Connection, which: str
 ) -> None:
-    """An exception in a callback propagates out of run(), after the term was resigned."""
+    """With restart_on_error=False, an exception in a callback propagates out of run(),
+    after the term was resigned."""
     a = await make_elector()
     seen_down: list[aioelect.Term] = []
 
@@ -341,7 +342,9 @@ async def test_callback_exception_propagates_after_resign(
         if which == "on_stepped_down":
             raise Boom("down")
 
-    lead = a.leadership("job", "a", on_elected=on_elected, on_stepped_down=on_stepped_down)
+    lead = a.leadership(
+        "job", "a", on_elected=on_elected, on_stepped_down=on_stepped_down, restart_on_error=False
+    )
     with pytest.raises(Boom):
         await lead.run()
     assert len(seen_down) == 1
