@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -296,9 +297,7 @@ class Leadership:
                     if self._campaign:
                         await self._loop()
                     else:
-                        while not self._stopped:
-                            await self._wake.wait()
-                            self._wake = anyio.Event()
+                        await self._pause(math.inf, retry=False)  # until stop() or close
                     tg.cancel_scope.cancel()
             except BaseExceptionGroup as group:
                 if len(group.exceptions) != 1:
@@ -389,7 +388,8 @@ class Leadership:
                 await changed.wait()
 
     async def _pause(self, delay: float, *, retry: bool) -> None:
-        """Back off for ``delay`` seconds before campaigning again; stop() ends it."""
+        """Back off for ``delay`` seconds before campaigning again; stop() ends it, a
+        closing elector raises ElectorClosed."""
         with anyio.CancelScope() as scope:
             self._pause_scope = scope
             if self._stopped:
