@@ -25,6 +25,7 @@ from typing_extensions import Self
 
 from ._backoff import Backoff
 from ._batch import Batcher
+from ._callbacks import ERROR_BACKOFF, OnElected, OnLeaderChange, OnSteppedDown
 from ._config import Duration, ElectorConfig, check_name, check_prefix
 from ._connection import KV, Connection, TLSConfig
 from ._embedded import EmbeddedEtcd
@@ -37,7 +38,7 @@ from ._exceptions import (
 )
 from ._hold import HoldBlock, ObserveBlock
 from ._keys import election_prefix, prefix_range_end, transfer_key
-from ._leadership import ERROR_BACKOFF, Leadership, OnElected, OnLeaderChange, OnSteppedDown
+from ._leadership import Leadership
 from ._mirror import Mirror, leader_info
 from ._models import CandidateInfo, ElectorStatistics, LeaderInfo
 from ._observe import Observer

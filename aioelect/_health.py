@@ -13,8 +13,9 @@ import time
 from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:
+    from ._callbacks import Failure
     from ._elector import Elector
-    from ._leadership import Failure, Leadership
+    from ._leadership import Leadership
 
 __all__ = ("Health", "health")
 
@@ -150,8 +151,8 @@ def _leadership_health(leadership: Leadership, now: float) -> LeadershipHealth:
         token=term.token if term is not None else None,
         expires_in=round(term.expires_in(), 3) if term is not None else None,
         retry_in=round(max(0.0, retry_at - now), 3) if retry_at is not None else None,
-        callback_errors=leadership._errors,
-        last_error=_error(leadership._last_error, now),
+        callback_errors=leadership._callbacks.errors,
+        last_error=_error(leadership._callbacks.last_error, now),
     )
 
 

@@ -1,4 +1,4 @@
-"""The seed's callback API: Leadership (CreateLeadership + ElectionLoop) and LeaderLease.
+"""The seed's callback API: Leadership (CreateLeadership + ElectionLoop).
 
 Theory of operation: :meth:`Leadership.run` loops campaign -> lead -> step
 down -> campaign until :meth:`Leadership.stop` or cancellation. A step-down
@@ -11,7 +11,8 @@ first. On a forced step-down the key is already gone or dying, so
 ``on_stepped_down`` simply follows. Every term that was elected gets exactly
 one ``on_stepped_down``.
 
-Callback errors: an exception from ``on_elected`` or ``on_stepped_down``
+Callback errors (recorded and logged by :mod:`._callbacks`): an exception
+from ``on_elected`` or ``on_stepped_down``
 ends the term like a graceful step-down (``on_stepped_down`` still runs
 once, the key is resigned so the next candidate leads at once); with
 ``restart_on_error`` (the default) it is logged at ERROR, counted, and the
@@ -31,23 +32,22 @@ closed elector, a permanent etcd error, a callback that is not async) end
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import math
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ._backoff import Backoff
+from ._callbacks import ERROR_BACKOFF, Callbacks, OnElected, OnLeaderChange, OnSteppedDown
 from ._campaign import campaign as run_campaign
 from ._config import Duration, check_backoff, check_name, to_bytes
 from ._connection import KV
 from ._exceptions import AioelectError, ConfigError, NotLeader
-from ._models import LeaderInfo
+from ._lease import LeaderLease
 from ._term import Term, cancellation_was_ours, scope_cancellation_in_disguise
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -55,67 +55,10 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 if TYPE_CHECKING:
     from ._elector import Elector
-    from ._session import Session
 
-__all__ = ("ERROR_BACKOFF", "Failure", "LeaderLease", "Leadership")
+__all__ = ("Leadership",)
 
 log = logging.getLogger("aioelect")
-
-OnElected: TypeAlias = Callable[[Term], Awaitable[bool | None]]
-OnSteppedDown: TypeAlias = Callable[[Term], Awaitable[None]]
-OnLeaderChange: TypeAlias = Callable[[LeaderInfo | None], Awaitable[None]]
-
-#: The default ``error_backoff``: the first retry after 0.5-1 s, then doubling up to 30 s.
-ERROR_BACKOFF = (1.0, 30.0)
-
-
-@dataclass(frozen=True)
-class Failure:
-    """An exception that a callback raised, or that ended :meth:`Leadership.run`.
-
-    Attributes:
-        callback: ``"on_elected"``, ``"on_stepped_down"`` or
-            ``"on_leader_change"``; None when it did not come from a callback.
-        error: the exception.
-        at: when it was raised (``time.monotonic()``).
-    """
-
-    callback: str | None
-    error: BaseException
-    at: float
-
-
-class LeaderLease:
-    """The lease behind a leader's term (the seed's ``LeaderLease``).
-
-    Attributes:
-        id: the lease id.
-        ttl: the lease's TTL in seconds.
-    """
-
-    def __init__(self, elector: Elector, session: Session) -> None:
-        self._elector = elector
-        self._session = session
-        self.id = session.lease_id
-        self.ttl = session.ttl
-
-    def expires_in(self) -> float:
-        """Seconds until the term must end without another renewal (0 once expired)."""
-        if self._session.is_lost:
-            return 0.0
-        return max(0.0, self._session.valid_until - time.monotonic())
-
-    def is_expired(self) -> bool:
-        """Whether this node must step down now (the seed's ``IsExpired``)."""
-        return not self._session.is_live()
-
-    async def close(self) -> None:
-        """Revoke the lease: every term and candidacy of the elector on it ends at once."""
-        self._session.mark_lost("lease closed")
-        await self._elector._conn.revoke(self.id)
-
-    def __repr__(self) -> str:
-        return f"<LeaderLease {self.id:x} ttl={self.ttl:g} expires_in={self.expires_in():.3f}>"
 
 
 class Leadership:
@@ -156,20 +99,19 @@ class Leadership:
             if not isinstance(flag, bool):
                 raise ConfigError(field, f"must be True or False, not {flag!r}")
         self.node_name = node_name
-        for field, cb in (
-            ("on_elected", on_elected),
-            ("on_stepped_down", on_stepped_down),
-            ("on_leader_change", on_leader_change),
-        ):
-            if cb is not None and not callable(cb):
-                raise ConfigError(field, "must be an async function or None")
+        node = f" (node {node_name})" if node_name else ""
+        self._callbacks = Callbacks(
+            f"election {self.name!r}{node}",
+            on_elected=on_elected,
+            on_stepped_down=on_stepped_down,
+            on_leader_change=on_leader_change,
+            restart=bool(restart_on_error),
+            count=lambda callback: elector._callback_failed(self.name, callback),
+            stopping=lambda: self._stopped,
+        )
         self._campaign = bool(campaign)
-        self._on_elected = on_elected
-        self._on_stepped_down = on_stepped_down
-        self._on_leader_change = on_leader_change
         self.handover_barrier = bool(handover_barrier)
         self.reclaim_stale = bool(reclaim_stale)
-        self.restart_on_error = bool(restart_on_error)
         self.error_backoff = check_backoff("error_backoff", error_backoff)
         self._term: Term | None = None
         self._stopped = False
@@ -178,16 +120,19 @@ class Leadership:
         self._campaign_scope: anyio.CancelScope | None = None
         self._lead_scope: anyio.CancelScope | None = None
         self._pause_scope: anyio.CancelScope | None = None
-        # For health(): run()'s state ("new", "running", "stopped", "failed"), when
-        # a back-off after an error ends, the last error and the count of errors.
+        # For health(): run()'s state ("new", "running", "stopped", "failed") and
+        # when a back-off after an error ends (errors: self._callbacks).
         self._state = "new"
         self._retry_at: float | None = None
-        self._last_error: Failure | None = None
-        self._errors = 0
         self._transfer: KV | None = None
         self._transfer_done: anyio.Event | None = None
 
     # -- state ------------------------------------------------------------------------
+
+    @property
+    def restart_on_error(self) -> bool:
+        """Whether :meth:`run` goes on after a callback's exception (see :meth:`run`)."""
+        return self._callbacks.restart
 
     @property
     def term(self) -> Term | None:
@@ -292,7 +237,7 @@ class Leadership:
         try:
             try:
                 async with anyio.create_task_group() as tg:
-                    if self._on_leader_change is not None:
+                    if self._callbacks.on_leader_change is not None:
                         await tg.start(self._follow)
                     if self._campaign:
                         await self._loop()
@@ -322,61 +267,12 @@ class Leadership:
     def _run_ended(self, exc: BaseException) -> None:
         if isinstance(exc, asyncio.CancelledError):
             self._state = "stopped"
-            return
-        self._state = "failed"
-        last = self._last_error
-        if last is None or last.error is not exc:
-            self._last_error = Failure(None, exc, time.monotonic())
-
-    # -- callbacks and their errors ---------------------------------------------------
-
-    async def _call(
-        self,
-        callback: str,
-        fn: Callable[[Any], Awaitable[Any]],
-        arg: Any,
-        failures: list[BaseException],
-    ) -> Any:
-        """Await a user callback; an exception it raises is recorded in ``failures``,
-        counted, logged when ``restart_on_error``, and raised on."""
-        try:
-            result = fn(arg)
-        except Exception as exc:
-            self._callback_failed(callback, exc, failures)
-            raise
-        if not inspect.isawaitable(result):
-            # A misuse, not a transient failure: it ends run() whatever restart_on_error.
-            raise TypeError(
-                f"{callback} must be an async function; it returned {type(result).__name__}"
-            )
-        try:
-            return await result
-        except Exception as exc:
-            self._callback_failed(callback, exc, failures)
-            raise
-
-    def _callback_failed(
-        self, callback: str, exc: Exception, failures: list[BaseException]
-    ) -> None:
-        failures.append(exc)
-        self._errors += 1
-        self._last_error = Failure(callback, exc, time.monotonic())
-        self._elector._callback_failed(self.name, callback)
-        if not self.restart_on_error:
-            return  # it propagates out of run(): the caller reports it
-        if callback == "on_leader_change":
-            then = "observing again after a back-off (leadership is unaffected)"
-        elif self._stopped:
-            then = "run() is stopping"
-        elif callback == "on_elected":
-            then = "the term ends (resigned), then run() campaigns again after a back-off"
         else:
-            then = "run() campaigns again after a back-off"
-        log.error("%s of %s raised %r; %s", callback, self._label(), exc, then, exc_info=exc)
+            self._state = "failed"
+            self._callbacks.run_ended(exc)
 
     def _label(self) -> str:
-        node = f" (node {self.node_name})" if self.node_name else ""
-        return f"election {self.name!r}{node}"
+        return self._callbacks.label
 
     async def _sleep(self, delay: float) -> None:
         """Sleep ``delay`` seconds; raise ElectorClosed at once if the elector closes."""
@@ -406,7 +302,8 @@ class Leadership:
     # -- the loop ---------------------------------------------------------------------
 
     async def _follow(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        on_change = self._on_leader_change
+        callbacks = self._callbacks
+        on_change = callbacks.on_leader_change
         assert on_change is not None
         backoff = Backoff(*self.error_backoff)
         started = False
@@ -418,11 +315,11 @@ class Leadership:
                         task_status.started()
                         started = True
                     async for info in leaders:
-                        await self._call("on_leader_change", on_change, info, failures)
+                        await callbacks.call("on_leader_change", on_change, info, failures)
                         backoff.reset()
                 return  # the observer ended: the elector is closing
             except Exception as exc:
-                if not (self.restart_on_error and any(exc is f for f in failures)):
+                if not callbacks.restarts_after(exc, failures):
                     raise
             await self._sleep(backoff.next())
 
@@ -445,7 +342,7 @@ class Leadership:
                 try:
                     declined = await self._lead(term, failures)
                 except Exception as exc:
-                    if not (self.restart_on_error and any(exc is f for f in failures)):
+                    if not self._callbacks.restarts_after(exc, failures):
                         raise
                     failed = True  # logged and counted already; the term was resigned
             finally:
@@ -490,11 +387,10 @@ class Leadership:
         try:
             try:
                 with scope:
-                    if self._on_elected is not None:
-                        elected = self._on_elected
-                        declined = (
-                            await self._call("on_elected", elected, term, failures)
-                        ) is False
+                    elected = self._callbacks.on_elected
+                    if elected is not None:
+                        result = await self._callbacks.call("on_elected", elected, term, failures)
+                        declined = result is False
                     while not declined and not self._stopped and self._transfer is None:
                         if term._ended is not None:
                             break
@@ -519,7 +415,7 @@ class Leadership:
                     # run() is being cancelled (or interrupted): that goes on, and the
                     # error is logged rather than lost (_call logged a callback's already
                     # when restart_on_error).
-                    if not (self.restart_on_error and any(exc is f for f in failures)):
+                    if not self._callbacks.restarts_after(exc, failures):
                         log.error(
                             "stepping down from %s raised %r while run() was being cancelled",
                             self._label(),
@@ -549,12 +445,13 @@ class Leadership:
 
     async def _stepped_down(self, term: Term, failures: list[BaseException]) -> None:
         """Await on_stepped_down, bounded by the TTL."""
-        if self._on_stepped_down is None:
+        stepped_down = self._callbacks.on_stepped_down
+        if stepped_down is None:
             return
         bound = anyio.move_on_after(self._elector._config.ttl)
         try:
             with bound:
-                await self._call("on_stepped_down", self._on_stepped_down, term, failures)
+                await self._callbacks.call("on_stepped_down", stepped_down, term, failures)
         except asyncio.CancelledError:
             # An etcd call of the callback's own (grpc.aio) may turn the bound's
             # cancellation into a bare CancelledError: it must not end run().
