@@ -20,8 +20,8 @@ from ._exceptions import NotLeader as NotLeader
 from ._exceptions import PermissionDenied as PermissionDenied
 from ._health import Health as Health
 from ._health import health as health
-from ._leadership import LeaderLease as LeaderLease
 from ._leadership import Leadership as Leadership
+from ._lease import LeaderLease as LeaderLease
 from ._models import CandidateInfo as CandidateInfo
 from ._models import ElectorStatistics as ElectorStatistics
 from ._models import LeaderInfo as LeaderInfo

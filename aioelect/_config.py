@@ -13,7 +13,15 @@ from typing import TypeAlias
 
 from ._exceptions import ConfigError
 
-__all__ = ("Duration", "ElectorConfig", "check_name", "check_prefix", "duration", "to_bytes")
+__all__ = (
+    "Duration",
+    "ElectorConfig",
+    "check_backoff",
+    "check_name",
+    "check_prefix",
+    "duration",
+    "to_bytes",
+)
 
 Duration: TypeAlias = float | int | timedelta
 """A duration in seconds, or a :class:`datetime.timedelta`."""
@@ -36,6 +44,19 @@ def duration(field: str, value: object, *, allow_zero: bool = False) -> float:
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(field, f"must be finite and {bound} seconds, got {seconds!r}")
     return seconds
+
+
+def check_backoff(field: str, value: object) -> tuple[float, float]:
+    """Validate a back-off's bounds: a pair ``(min, max)`` of durations, ``0 < min <= max``."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ConfigError(
+            field, f"must be a pair (min, max) of seconds or timedeltas, got {value!r}"
+        )
+    low = duration(field, value[0])
+    high = duration(field, value[1])
+    if low > high:
+        raise ConfigError(field, f"min must not exceed max, got ({low:g}, {high:g}) s")
+    return low, high
 
 
 def check_name(name: object, field: str = "name") -> str:

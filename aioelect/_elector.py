@@ -25,6 +25,7 @@ from typing_extensions import Self
 
 from ._backoff import Backoff
 from ._batch import Batcher
+from ._callbacks import ERROR_BACKOFF, OnElected, OnLeaderChange, OnSteppedDown
 from ._config import Duration, ElectorConfig, check_name, check_prefix
 from ._connection import KV, Connection, TLSConfig
 from ._embedded import EmbeddedEtcd
@@ -37,7 +38,7 @@ from ._exceptions import (
 )
 from ._hold import HoldBlock, ObserveBlock
 from ._keys import election_prefix, prefix_range_end, transfer_key
-from ._leadership import Leadership, OnElected, OnLeaderChange, OnSteppedDown
+from ._leadership import Leadership
 from ._mirror import Mirror, leader_info
 from ._models import CandidateInfo, ElectorStatistics, LeaderInfo
 from ._observe import Observer
@@ -145,6 +146,7 @@ class Elector:
         self._keepalives = 0
         self._keepalive_failures = 0
         self._latency_sum = 0.0
+        self._callback_errors: dict[tuple[str, str], int] = {}  # (election, callback) -> n
 
     @classmethod
     def embedded(
@@ -446,6 +448,8 @@ class Elector:
         on_leader_change: OnLeaderChange | None = None,
         handover_barrier: bool = True,
         reclaim_stale: bool = False,
+        restart_on_error: bool = True,
+        error_backoff: tuple[Duration, Duration] = ERROR_BACKOFF,
     ) -> Leadership:
         """Create a :class:`Leadership` in election ``name`` (the seed's CreateLeadership).
 
@@ -470,9 +474,21 @@ class Elector:
                 key of another lease (its previous incarnation) deletes that
                 key, guarded by its create revision, instead of waiting out
                 its TTL. Values must then be unique per candidate.
+            restart_on_error: what ``run()`` does when a callback raises. True
+                (the default, for a long-running service): log it at ERROR
+                with its traceback, count it (``statistics().callback_errors``),
+                end the term (``on_stepped_down``, resign: the next candidate
+                leads at once), back off and campaign again; an
+                ``on_leader_change`` error keeps the term and only backs off
+                before observing again. False: the exception propagates out of
+                ``run()`` after the term was resigned.
+            error_backoff: ``(min, max)`` seconds (or timedeltas) of the back-off
+                after a callback error: the n-th error in a row waits a random
+                50-100 % of ``min * 2**(n-1)``, at most ``max`` (default (1, 30)).
+                It starts again from ``min`` after a term without an error.
 
         Raises:
-            ConfigError: bad name, value or callback.
+            ConfigError: bad name, value, callback or option (before any I/O).
         """
         self._check_usable()
         return Leadership(
@@ -486,6 +502,8 @@ class Elector:
             on_leader_change=on_leader_change,
             handover_barrier=handover_barrier,
             reclaim_stale=reclaim_stale,
+            restart_on_error=restart_on_error,
+            error_backoff=error_backoff,
         )
 
     #: The seed's name of :meth:`leadership`.
@@ -543,6 +561,14 @@ class Elector:
         """
         return ObserveBlock(self, name)
 
+    def _callback_failed(self, name: str, callback: str) -> None:
+        key = (name, callback)
+        self._callback_errors[key] = self._callback_errors.get(key, 0) + 1
+
+    def _callback_error_counts(self) -> dict[tuple[str, str], int]:
+        """Callback errors by (election, callback) (a copy: scrapes may run in a thread)."""
+        return dict(self._callback_errors)
+
     def terms(self) -> list[Term]:
         """The terms this elector holds now (valid or about to be noticed as ended)."""
         return [t for t in self._terms if t._ended is None]
@@ -569,6 +595,7 @@ class Elector:
             if live and session is not None
             else None,
             lease_id=session.lease_id if live and session is not None else None,
+            callback_errors=sum(self._callback_error_counts().values()),
         )
 
     def __repr__(self) -> str:

@@ -9,9 +9,11 @@ ids do not fit a JavaScript number), values are decoded as UTF-8.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:
+    from ._callbacks import Failure
     from ._elector import Elector
     from ._leadership import Leadership
 
@@ -36,24 +38,38 @@ class TermHealth(TypedDict):
     expires_in: float
 
 
+class ErrorHealth(TypedDict):
+    """The last error of a :class:`Leadership` (``LeadershipHealth["last_error"]``)."""
+
+    callback: str | None
+    type: str
+    message: str
+    age: float
+
+
 class LeadershipHealth(TypedDict):
     """One :class:`Leadership` given to :func:`health` (an item of ``Health["leaderships"]``)."""
 
     name: str
     value: str
     node_name: str | None
+    ready: bool
+    state: str
     is_leader: bool
     token: int | None
     expires_in: float | None
+    retry_in: float | None
+    callback_errors: int
+    last_error: ErrorHealth | None
 
 
 class Health(TypedDict):
     """The report :func:`health` returns (a JSON-able dict).
 
     Keys:
-        ready: whether the elector can take part in elections now: it is open
-            and its session lease is live (and, with ``require_leader``, one of
-            the given leaderships leads).
+        ready: whether the elector can take part in elections now: it is open,
+            its session lease is live and every given leadership is ready
+            (and, with ``require_leader``, one of them leads).
         prefix: the elector's key prefix.
         session: ``live``, ``lease_id`` (hex), ``lease_expires_in`` (seconds
             until etcd may expire the lease, at the latest) and
@@ -62,8 +78,21 @@ class Health(TypedDict):
             ``value``, ``token`` (the fencing token) and ``expires_in``
             (seconds the term stays valid without another renewal).
         leaderships: for each given :class:`Leadership`: ``name``, ``value``,
-            ``node_name``, ``is_leader``, and ``token`` and ``expires_in`` of
-            its term (None when not leading).
+            ``node_name``; ``ready``: its ``run()`` is running (campaigning,
+            leading, observing, or backing off after a callback error, since
+            it campaigns again within ``error_backoff``); ``state``: ``"new"``
+            (``run()`` never started), ``"running"``, ``"backing_off"`` (after
+            a callback error), ``"stopped"`` (``run()`` returned or was
+            cancelled) or ``"failed"`` (``run()`` raised); ``is_leader``;
+            ``token`` and ``expires_in`` of its term (None when not leading);
+            ``retry_in``: seconds until it campaigns again while backing off
+            (else None); ``callback_errors``: exceptions its callbacks raised;
+            ``last_error``: the last of those, or what ended ``run()``, as
+            ``callback`` (``"on_elected"``, ``"on_stepped_down"``,
+            ``"on_leader_change"``, or None when not a callback's), ``type``
+            (e.g. ``"ConnectionError"``, ``"mypkg.DbDown"``), ``message`` and
+            ``age`` (seconds since it was raised); None without one. A
+            leadership is not ready unless its ``run()`` is running.
         statistics: :meth:`Elector.statistics` as a dict (``lease_id`` in hex).
     """
 
@@ -87,6 +116,46 @@ def _seconds(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+def _type_name(error: BaseException) -> str:
+    cls = type(error)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+def _error(failure: Failure | None, now: float) -> ErrorHealth | None:
+    if failure is None:
+        return None
+    return ErrorHealth(
+        callback=failure.callback,
+        type=_type_name(failure.error),
+        message=str(failure.error),
+        age=round(max(0.0, now - failure.at), 3),
+    )
+
+
+def _leadership_health(leadership: Leadership, now: float) -> LeadershipHealth:
+    term = leadership.term
+    running = leadership._running
+    retry_at = leadership._retry_at
+    state = leadership._state
+    if running and retry_at is not None:
+        state = "backing_off"
+    return LeadershipHealth(
+        name=leadership.name,
+        value=_text(leadership.value),
+        node_name=leadership.node_name,
+        ready=running,
+        state=state,
+        is_leader=term is not None,
+        token=term.token if term is not None else None,
+        expires_in=round(term.expires_in(), 3) if term is not None else None,
+        retry_in=round(max(0.0, retry_at - now), 3) if retry_at is not None else None,
+        callback_errors=leadership._callbacks.errors,
+        last_error=_error(leadership._callbacks.last_error, now),
+    )
+
+
 def health(elector: Elector, *leaderships: Leadership, require_leader: bool = False) -> Health:
     """Report the elector's state, for a health or readiness endpoint.
 
@@ -105,7 +174,8 @@ def health(elector: Elector, *leaderships: Leadership, require_leader: bool = Fa
 
     Args:
         elector: the elector to report on.
-        *leaderships: leaderships to include (their state and current term).
+        *leaderships: leaderships to include (their state and current term);
+            ``ready`` is False while one of them does not run.
         require_leader: when True, ``ready`` also requires that one of
             ``leaderships`` leads now (for a service that only the leader
             should receive traffic for).
@@ -127,20 +197,13 @@ def health(elector: Elector, *leaderships: Leadership, require_leader: bool = Fa
         for t in held
         if t.is_valid
     ]
-    reports: list[LeadershipHealth] = []
-    for leadership in leaderships:
-        term = leadership.term
-        reports.append(
-            LeadershipHealth(
-                name=leadership.name,
-                value=_text(leadership.value),
-                node_name=leadership.node_name,
-                is_leader=term is not None,
-                token=term.token if term is not None else None,
-                expires_in=round(term.expires_in(), 3) if term is not None else None,
-            )
-        )
-    ready = live and (not require_leader or any(r["is_leader"] for r in reports))
+    now = time.monotonic()
+    reports = [_leadership_health(leadership, now) for leadership in leaderships]
+    ready = (
+        live
+        and all(r["ready"] for r in reports)
+        and (not require_leader or any(r["is_leader"] for r in reports))
+    )
     statistics = dataclasses.asdict(stats)
     statistics["lease_id"] = _hex(stats.lease_id)
     return Health(

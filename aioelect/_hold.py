@@ -104,6 +104,8 @@ class HoldBlock:
             finally:
                 self._elector._busy.discard(self._name)
         if (exc is None or swallowed) and reason is not None and reason != RESIGNED:
+            # from None hides only the term's own cancellation of the body (swallowed
+            # above); any other exception of the body propagates itself instead.
             raise LeadershipLost(self._name, reason) from None
         return swallowed
 

@@ -1,4 +1,4 @@
-"""The seed's callback API: Leadership (CreateLeadership + ElectionLoop) and LeaderLease.
+"""The seed's callback API: Leadership (CreateLeadership + ElectionLoop).
 
 Theory of operation: :meth:`Leadership.run` loops campaign -> lead -> step
 down -> campaign until :meth:`Leadership.stop` or cancellation. A step-down
@@ -10,25 +10,44 @@ successor's ``on_elected`` starts after it; without the barrier the key goes
 first. On a forced step-down the key is already gone or dying, so
 ``on_stepped_down`` simply follows. Every term that was elected gets exactly
 one ``on_stepped_down``.
+
+Callback errors (recorded and logged by :mod:`._callbacks`): an exception
+from ``on_elected`` or ``on_stepped_down``
+ends the term like a graceful step-down (``on_stepped_down`` still runs
+once, the key is resigned so the next candidate leads at once); with
+``restart_on_error`` (the default) it is logged at ERROR, counted, and the
+loop backs off (``error_backoff``: capped, jittered, growing while errors
+repeat) and campaigns again; without it, it propagates out of :meth:`run`.
+An exception from ``on_leader_change`` does not touch the term: the
+follower backs off and observes again (the callback then sees the current
+leader), or without ``restart_on_error`` it ends :meth:`run`. When a second
+callback fails while the first error propagates (``on_stepped_down`` after
+``on_elected``), the second is raised with the first as its ``__context__``;
+while :meth:`run` is being cancelled the cancellation goes on and the error
+is logged. Only callbacks' exceptions are restarted: aioelect's own (a
+closed elector, a permanent etcd error, a callback that is not async) end
+:meth:`run`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ._backoff import Backoff
+from ._callbacks import ERROR_BACKOFF, Callbacks, OnElected, OnLeaderChange, OnSteppedDown
 from ._campaign import campaign as run_campaign
-from ._config import check_name, to_bytes
+from ._config import Duration, check_backoff, check_name, to_bytes
 from ._connection import KV
 from ._exceptions import AioelectError, ConfigError, NotLeader
-from ._models import LeaderInfo
+from ._lease import LeaderLease
 from ._term import Term, cancellation_was_ours, scope_cancellation_in_disguise
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -36,48 +55,10 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 if TYPE_CHECKING:
     from ._elector import Elector
-    from ._session import Session
 
-__all__ = ("LeaderLease", "Leadership")
+__all__ = ("Leadership",)
 
 log = logging.getLogger("aioelect")
-
-OnElected: TypeAlias = Callable[[Term], Awaitable[bool | None]]
-OnSteppedDown: TypeAlias = Callable[[Term], Awaitable[None]]
-OnLeaderChange: TypeAlias = Callable[[LeaderInfo | None], Awaitable[None]]
-
-
-class LeaderLease:
-    """The lease behind a leader's term (the seed's ``LeaderLease``).
-
-    Attributes:
-        id: the lease id.
-        ttl: the lease's TTL in seconds.
-    """
-
-    def __init__(self, elector: Elector, session: Session) -> None:
-        self._elector = elector
-        self._session = session
-        self.id = session.lease_id
-        self.ttl = session.ttl
-
-    def expires_in(self) -> float:
-        """Seconds until the term must end without another renewal (0 once expired)."""
-        if self._session.is_lost:
-            return 0.0
-        return max(0.0, self._session.valid_until - time.monotonic())
-
-    def is_expired(self) -> bool:
-        """Whether this node must step down now (the seed's ``IsExpired``)."""
-        return not self._session.is_live()
-
-    async def close(self) -> None:
-        """Revoke the lease: every term and candidacy of the elector on it ends at once."""
-        self._session.mark_lost("lease closed")
-        await self._elector._conn.revoke(self.id)
-
-    def __repr__(self) -> str:
-        return f"<LeaderLease {self.id:x} ttl={self.ttl:g} expires_in={self.expires_in():.3f}>"
 
 
 class Leadership:
@@ -101,6 +82,8 @@ class Leadership:
         on_leader_change: OnLeaderChange | None = None,
         handover_barrier: bool = True,
         reclaim_stale: bool = False,
+        restart_on_error: bool = True,
+        error_backoff: tuple[Duration, Duration] = ERROR_BACKOFF,
     ) -> None:
         self._elector = elector
         self.name = check_name(name)
@@ -111,33 +94,45 @@ class Leadership:
             ("campaign", campaign),
             ("handover_barrier", handover_barrier),
             ("reclaim_stale", reclaim_stale),
+            ("restart_on_error", restart_on_error),
         ):
             if not isinstance(flag, bool):
                 raise ConfigError(field, f"must be True or False, not {flag!r}")
         self.node_name = node_name
-        for field, cb in (
-            ("on_elected", on_elected),
-            ("on_stepped_down", on_stepped_down),
-            ("on_leader_change", on_leader_change),
-        ):
-            if cb is not None and not callable(cb):
-                raise ConfigError(field, "must be an async function or None")
+        node = f" (node {node_name})" if node_name else ""
+        self._callbacks = Callbacks(
+            f"election {self.name!r}{node}",
+            on_elected=on_elected,
+            on_stepped_down=on_stepped_down,
+            on_leader_change=on_leader_change,
+            restart=bool(restart_on_error),
+            count=lambda callback: elector._callback_failed(self.name, callback),
+            stopping=lambda: self._stopped,
+        )
         self._campaign = bool(campaign)
-        self._on_elected = on_elected
-        self._on_stepped_down = on_stepped_down
-        self._on_leader_change = on_leader_change
         self.handover_barrier = bool(handover_barrier)
         self.reclaim_stale = bool(reclaim_stale)
+        self.error_backoff = check_backoff("error_backoff", error_backoff)
         self._term: Term | None = None
         self._stopped = False
         self._running = False
         self._wake = anyio.Event()
         self._campaign_scope: anyio.CancelScope | None = None
         self._lead_scope: anyio.CancelScope | None = None
+        self._pause_scope: anyio.CancelScope | None = None
+        # For health(): run()'s state ("new", "running", "stopped", "failed") and
+        # when a back-off after an error ends (errors: self._callbacks).
+        self._state = "new"
+        self._retry_at: float | None = None
         self._transfer: KV | None = None
         self._transfer_done: anyio.Event | None = None
 
     # -- state ------------------------------------------------------------------------
+
+    @property
+    def restart_on_error(self) -> bool:
+        """Whether :meth:`run` goes on after a callback's exception (see :meth:`run`)."""
+        return self._callbacks.restart
 
     @property
     def term(self) -> Term | None:
@@ -210,70 +205,154 @@ class Leadership:
         and return."""
         self._stopped = True
         self._wake.set()
-        if self._campaign_scope is not None:
-            self._campaign_scope.cancel()
-        if self._lead_scope is not None:
-            self._lead_scope.cancel()
+        for scope in (self._campaign_scope, self._lead_scope, self._pause_scope):
+            if scope is not None:
+                scope.cancel()
 
     async def run(self) -> None:
         """Campaign, lead, step down and campaign again until :meth:`stop` or cancellation.
 
         With ``campaign=False`` it only reports leaders to ``on_leader_change``.
-        Cancelling steps down gracefully (shielded, bounded by the TTL).
+        Cancelling steps down gracefully (shielded, bounded by the TTL), as
+        does :meth:`stop`; both also end a back-off at once.
+
+        A callback's exception is handled as the module docstring says: with
+        ``restart_on_error`` (the default) it is logged at ERROR, counted in
+        :meth:`Elector.statistics`, and the loop resigns, backs off and
+        campaigns again; without it, it propagates from here.
 
         Raises:
-            Exception: whatever a callback raised, after the term was resigned.
+            Exception: with ``restart_on_error=False``, what a callback raised,
+                after the term was resigned (a second callback's error carries
+                the first as its ``__context__``).
+            ElectorClosed: the elector closed meanwhile.
+            TypeError: a callback is not an async function.
         """
         self._elector._check_usable()
         if self._running:
             raise AioelectError(f"Leadership({self.name!r}).run() is already running")
         self._running = True
+        self._state = "running"
+        failure: BaseException | None = None
         try:
-            async with anyio.create_task_group() as tg:
-                if self._on_leader_change is not None:
-                    await tg.start(self._follow)
-                if self._campaign:
-                    await self._loop()
-                else:
-                    while not self._stopped:
-                        await self._wake.wait()
-                        self._wake = anyio.Event()
-                tg.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
+            try:
+                async with anyio.create_task_group() as tg:
+                    if self._callbacks.on_leader_change is not None:
+                        await tg.start(self._follow)
+                    if self._campaign:
+                        await self._loop()
+                    else:
+                        await self._pause(math.inf, retry=False)  # until stop() or close
+                    tg.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                if len(group.exceptions) != 1:
+                    raise
+                failure = group.exceptions[0]
+            if failure is not None:
+                # Raised here, outside the except clause, so that it keeps its own
+                # __context__ (e.g. the on_elected error an on_stepped_down error
+                # followed) instead of getting the group as its context.
+                raise failure
+        except BaseException as exc:
+            self._run_ended(exc)
             raise
+        else:
+            self._state = "stopped"
         finally:
             self._running = False
 
     #: The seed's name of :meth:`run`.
     election_loop = run
 
+    def _run_ended(self, exc: BaseException) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            self._state = "stopped"
+        else:
+            self._state = "failed"
+            self._callbacks.run_ended(exc)
+
+    def _label(self) -> str:
+        return self._callbacks.label
+
+    async def _sleep(self, delay: float) -> None:
+        """Sleep ``delay`` seconds; raise ElectorClosed at once if the elector closes."""
+        elector = self._elector
+        with anyio.move_on_after(delay):
+            while True:
+                changed = elector._session_changed  # also set when the elector closes
+                elector._check_usable()
+                await changed.wait()
+
+    async def _pause(self, delay: float, *, retry: bool) -> None:
+        """Back off for ``delay`` seconds before campaigning again; stop() ends it, a
+        closing elector raises ElectorClosed."""
+        with anyio.CancelScope() as scope:
+            self._pause_scope = scope
+            if self._stopped:
+                scope.cancel()
+            if retry:
+                self._retry_at = time.monotonic() + delay
+                log.info("%s: campaigning again in %.2f s", self._label(), delay)
+            try:
+                await self._sleep(delay)
+            finally:
+                self._pause_scope = None
+                self._retry_at = None
+
+    # -- the loop ---------------------------------------------------------------------
+
     async def _follow(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        assert self._on_leader_change is not None
-        async with self._elector.observe(self.name) as leaders:
-            task_status.started()
-            async for info in leaders:
-                await self._on_leader_change(info)
+        callbacks = self._callbacks
+        on_change = callbacks.on_leader_change
+        assert on_change is not None
+        backoff = Backoff(*self.error_backoff)
+        started = False
+        while True:
+            failures: list[BaseException] = []
+            try:
+                async with self._elector.observe(self.name) as leaders:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    async for info in leaders:
+                        await callbacks.call("on_leader_change", on_change, info, failures)
+                        backoff.reset()
+                return  # the observer ended: the elector is closing
+            except Exception as exc:
+                if not callbacks.restarts_after(exc, failures):
+                    raise
+            await self._sleep(backoff.next())
 
     async def _loop(self) -> None:
         elector = self._elector
-        backoff = Backoff(initial=0.1, cap=min(5.0, elector._config.ttl))
+        declines = Backoff(initial=0.1, cap=min(5.0, elector._config.ttl))
+        errors = Backoff(*self.error_backoff)
         while not self._stopped:
             if self.name in elector._busy:
                 raise ConfigError(
                     "name", f"this Elector already campaigns in or leads election {self.name!r}"
                 )
             elector._busy.add(self.name)
+            failures: list[BaseException] = []
+            declined = failed = False
             try:
                 term = await self._acquire()
                 if term is None:
                     return
-                declined = await self._lead(term)
+                try:
+                    declined = await self._lead(term, failures)
+                except Exception as exc:
+                    if not self._callbacks.restarts_after(exc, failures):
+                        raise
+                    failed = True  # logged and counted already; the term was resigned
             finally:
                 elector._busy.discard(self.name)
-            if declined and not self._stopped:
-                await anyio.sleep(backoff.next())
+            if failed:
+                await self._pause(errors.next(), retry=True)
+            else:
+                errors.reset()
+                if declined:
+                    await self._pause(declines.next(), retry=False)
 
     async def _acquire(self) -> Term | None:
         elector = self._elector
@@ -292,8 +371,11 @@ class Leadership:
             return term
         return None
 
-    async def _lead(self, term: Term) -> bool:
-        """Lead for one term; return whether ``on_elected`` declined it."""
+    async def _lead(self, term: Term, failures: list[BaseException]) -> bool:
+        """Lead for one term; return whether ``on_elected`` declined it.
+
+        Callback errors are appended to ``failures`` and raised.
+        """
         self._term = term
         term._add_on_end(lambda _t, _r: self._wake.set())
         declined = False
@@ -301,11 +383,14 @@ class Leadership:
         self._lead_scope = scope
         if self._stopped or self._transfer is not None:
             scope.cancel()
+        ending: BaseException | None = None
         try:
             try:
                 with scope:
-                    if self._on_elected is not None:
-                        declined = (await self._on_elected(term)) is False
+                    elected = self._callbacks.on_elected
+                    if elected is not None:
+                        result = await self._callbacks.call("on_elected", elected, term, failures)
+                        declined = result is False
                     while not declined and not self._stopped and self._transfer is None:
                         if term._ended is not None:
                             break
@@ -315,14 +400,31 @@ class Leadership:
                 ours = cancellation_was_ours(term) or self._stopped or self._transfer is not None
                 if not (scope.cancel_called and ours):
                     raise
+        except BaseException as exc:
+            ending = exc
+            raise
         finally:
             self._lead_scope = None
             term._drop_scope(scope)
             with anyio.CancelScope(shield=True):
-                await self._step_down(term)
+                try:
+                    await self._step_down(term, failures)
+                except Exception as exc:
+                    if ending is None or isinstance(ending, Exception):
+                        raise  # chained: the error that was ending the term is its __context__
+                    # run() is being cancelled (or interrupted): that goes on, and the
+                    # error is logged rather than lost (_call logged a callback's already
+                    # when restart_on_error).
+                    if not self._callbacks.restarts_after(exc, failures):
+                        log.error(
+                            "stepping down from %s raised %r while run() was being cancelled",
+                            self._label(),
+                            exc,
+                            exc_info=exc,
+                        )
         return declined
 
-    async def _step_down(self, term: Term) -> None:
+    async def _step_down(self, term: Term, failures: list[BaseException]) -> None:
         target, done = self._transfer, self._transfer_done
         self._transfer = self._transfer_done = None
         try:
@@ -330,25 +432,26 @@ class Leadership:
                 # Forced (the term already ended: stop work first, the key is gone or
                 # dying), or graceful with the barrier (the successor waits for us).
                 try:
-                    await self._stepped_down(term)
+                    await self._stepped_down(term, failures)
                 finally:
                     await self._hand_over(term, target)
             else:
                 await self._hand_over(term, target)
-                await self._stepped_down(term)
+                await self._stepped_down(term, failures)
         finally:
             self._term = None
             if done is not None:
                 done.set()
 
-    async def _stepped_down(self, term: Term) -> None:
+    async def _stepped_down(self, term: Term, failures: list[BaseException]) -> None:
         """Await on_stepped_down, bounded by the TTL."""
-        if self._on_stepped_down is None:
+        stepped_down = self._callbacks.on_stepped_down
+        if stepped_down is None:
             return
         bound = anyio.move_on_after(self._elector._config.ttl)
         try:
             with bound:
-                await self._on_stepped_down(term)
+                await self._callbacks.call("on_stepped_down", stepped_down, term, failures)
         except asyncio.CancelledError:
             # An etcd call of the callback's own (grpc.aio) may turn the bound's
             # cancellation into a bare CancelledError: it must not end run().

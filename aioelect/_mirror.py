@@ -34,7 +34,7 @@ from ._connection import KV, Connection, WatchBatch, WatchStream
 from ._exceptions import AuthenticationFailed, ElectorClosed, EtcdError
 from ._few import Few, add, each, remove
 from ._keys import TRANSFER_SUFFIX, prefix_range_end, split_key, split_transfer_key
-from ._models import CandidateInfo, LeaderInfo
+from ._models import LeaderInfo
 
 __all__ = ("ElectionView", "Mirror")
 
@@ -105,10 +105,11 @@ class _Waiters:
 
 # A frozen dataclass's __init__ sets each field with object.__setattr__; the slots'
 # own setters do the same in a third of the time (one LeaderInfo per election and
-# change of leader, so thousands at a mass start).
+# change of leader, so thousands at a mass start). LeaderInfo's own: on Python 3.10,
+# dataclass(slots=True) gives the subclass slots of its own that shadow CandidateInfo's.
 _new = object.__new__
 _set_name, _set_key, _set_value, _set_token, _set_lease = (
-    CandidateInfo.__dict__[field].__set__ for field in ("name", "key", "value", "token", "lease_id")
+    getattr(LeaderInfo, field).__set__ for field in ("name", "key", "value", "token", "lease_id")
 )
 
 

@@ -54,6 +54,9 @@ class ElectorStatistics:
         lease_expires_in: seconds until etcd may expire the lease, at the latest
             (None without a live session).
         lease_id: the current session lease (None without one).
+        callback_errors: exceptions raised by the callbacks of this elector's
+            :class:`Leadership` objects (``on_elected``, ``on_stepped_down``,
+            ``on_leader_change``), handled or propagated.
     """
 
     campaigns: int
@@ -69,3 +72,4 @@ class ElectorStatistics:
     keepalive_latency_sum: float
     lease_expires_in: float | None
     lease_id: int | None
+    callback_errors: int = 0

@@ -30,7 +30,15 @@ default namespace ``aioelect``:
 ``aioelect_keepalive_latency_seconds``  gauge    round trip of the last renewal
 ``aioelect_session_live``               gauge    1 while the session lease is live
 ``aioelect_lease_expires_in_seconds``   gauge    seconds until etcd may expire the lease (or 0)
+``aioelect_callback_errors_total``      counter  exceptions raised by a Leadership's callbacks,
+                                                 by ``election`` and ``callback``
 ======================================  =======  ==============================================
+
+``aioelect_callback_errors_total{election,callback}`` has a sample for
+each election and callback (``on_elected``, ``on_stepped_down``,
+``on_leader_change``) that raised at least once; alert on its
+``increase()``: with ``restart_on_error`` (the default) a failing callback
+does not stop the leadership, it backs off and campaigns again.
 
 ``aioelect_leader`` has a sample for every election named in ``elections=``
 (or :meth:`ElectorCollector.track`), campaigned in by a given
@@ -132,6 +140,11 @@ class ElectorCollector(Collector):
             families[name] = CounterMetricFamily(self._metric(name), doc, labels=labels)
         gauge("keepalive_latency_seconds", "Round trip of the last lease renewal, in seconds.")
 
+        families["callback_errors"] = CounterMetricFamily(
+            self._metric("callback_errors"),
+            "Exceptions raised by the callbacks of Leadership objects.",
+            labels=[*labels, "election", "callback"],
+        )
         gauge("session_live", "1 while the session lease is live.")
         gauge(
             "lease_expires_in_seconds",
@@ -162,6 +175,8 @@ class ElectorCollector(Collector):
         )
         f["session_live"].add_metric(prefix, 1.0 if stats.lease_id is not None else 0.0)
         f["lease_expires_in_seconds"].add_metric(prefix, stats.lease_expires_in or 0.0)
+        for (election, callback), count in sorted(elector._callback_error_counts().items()):
+            f["callback_errors"].add_metric([*prefix, election, callback], count)
         return [*f.values(), summary]
 
     def _summary(self) -> SummaryMetricFamily:

@@ -15,11 +15,15 @@ The app's lifespan enters an :class:`aioelect.Elector` (one etcd session for
 the process) and runs a :class:`aioelect.Leadership` in a background task.
 While this copy leads, the job increments a counter in etcd every 0.1 s. Each
 write is a :meth:`aioelect.Term.transaction`, guarded by the term's fencing
-token: a copy that lost leadership (paused, cut off) cannot write any more.
+token: a copy that lost leadership (paused, cut off) cannot write any more. An
+unexpected error in the job does not take the copy out of the election: the
+Leadership logs it, resigns, backs off and campaigns again (``restart_on_error``,
+the default), and ``/healthz`` shows it as ``last_error``.
 
 Endpoints:
     ``GET /leader``: the current leader's value and token, or null.
-    ``GET /healthz``: this copy's state (status 503 until its session is live).
+    ``GET /healthz``: this copy's state (status 503 until its session is live, and
+    once its leadership's ``run()`` has ended).
     ``GET /metrics``: Prometheus metrics of the elector.
 
 Settings (option / environment variable, default):
@@ -125,7 +129,11 @@ class CounterJob:
 
 
 def log_failure(task: asyncio.Task[None]) -> None:
-    """Log the campaign task's error, if it failed (this copy then never leads again)."""
+    """Log the campaign task's error, if it failed.
+
+    The job's own errors do not end it (the Leadership restarts after them); an
+    error of aioelect's own does, and ``/healthz`` then answers 503.
+    """
     if not task.cancelled() and task.exception() is not None:
         log.error("the campaign task failed", exc_info=task.exception())
 
@@ -185,7 +193,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz(request: Request, response: Response) -> dict[str, Any]:
-        """This copy's state; status 503 while its etcd session is not live."""
+        """This copy's state; status 503 while its etcd session is not live or its
+        leadership's run() has ended."""
         state = request.app.state
         leadership: aioelect.Leadership = state.leadership
         report = health(state.elector, leadership)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from helpers import ElectorFactory, keys_under
 
@@ -58,6 +60,34 @@ async def test_elector_refuses_bad_settings_before_any_io(
     with pytest.raises(aioelect.ConfigError) as info:
         aioelect.Elector(**kwargs)  # type: ignore[arg-type]
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "match"),
+    [
+        ({"restart_on_error": "yes"}, "restart_on_error", "True or False"),
+        ({"restart_on_error": None}, "restart_on_error", "True or False"),
+        ({"error_backoff": 1.0}, "error_backoff", "pair"),
+        ({"error_backoff": (1.0,)}, "error_backoff", "pair"),
+        ({"error_backoff": (0, 1)}, "error_backoff", "> 0"),
+        ({"error_backoff": (-1, 1)}, "error_backoff", "> 0"),
+        ({"error_backoff": (1, float("inf"))}, "error_backoff", "finite"),
+        ({"error_backoff": (2, 1)}, "error_backoff", "min must not exceed max"),
+        ({"error_backoff": ("1", 2)}, "error_backoff", "seconds or a timedelta"),
+    ],
+)
+async def test_leadership_refuses_bad_error_options_before_any_io(
+    make_elector: ElectorFactory, raw: Connection, kwargs: dict[str, object], field: str, match: str
+) -> None:
+    """leadership() with a bad restart_on_error or error_backoff raises ConfigError naming
+    the field and what is allowed; nothing is written."""
+    a = await make_elector()
+    with pytest.raises(aioelect.ConfigError, match=match) as info:
+        a.leadership("job", "v", **kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field
+    assert await keys_under(raw, a.prefix + "/") == []
+    ok = a.leadership("job", "v", error_backoff=[timedelta(milliseconds=100), 2])  # type: ignore[arg-type]
+    assert ok.error_backoff == (0.1, 2.0)
 
 
 async def test_same_election_twice_in_one_elector(make_elector: ElectorFactory) -> None:

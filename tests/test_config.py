@@ -7,7 +7,14 @@ from datetime import timedelta
 import pytest
 
 import aioelect
-from aioelect._config import ElectorConfig, check_name, check_prefix, duration, to_bytes
+from aioelect._config import (
+    ElectorConfig,
+    check_backoff,
+    check_name,
+    check_prefix,
+    duration,
+    to_bytes,
+)
 from aioelect._keys import candidate_key, election_prefix, prefix_range_end, split_key
 
 
@@ -134,3 +141,30 @@ def test_key_layout_matches_go() -> None:
 def test_prefix_range_end(prefix: bytes, end: bytes) -> None:
     """The range end of a prefix is the prefix with its last non-0xff byte incremented."""
     assert prefix_range_end(prefix) == end
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ((1, 30), (1.0, 30.0)),
+        ((0.05, 0.05), (0.05, 0.05)),
+        ([0.5, timedelta(seconds=2)], (0.5, 2.0)),
+        ((1,), "pair"),
+        ((1, 2, 3), "pair"),
+        (5, "pair"),
+        ("1,2", "pair"),
+        ((0, 1), "> 0"),
+        ((1, -1), "> 0"),
+        ((1, float("nan")), "finite"),
+        ((3, 2), "min must not exceed max"),
+        ((True, 2), "seconds or a timedelta"),
+    ],
+)
+def test_check_backoff(value: object, expected: tuple[float, float] | str) -> None:
+    """A back-off's bounds are a pair of positive durations, min <= max; errors name the field."""
+    if isinstance(expected, tuple):
+        assert check_backoff("error_backoff", value) == expected
+        return
+    with pytest.raises(aioelect.ConfigError, match=expected) as info:
+        check_backoff("error_backoff", value)
+    assert info.value.field == "error_backoff"

@@ -97,9 +97,14 @@ async def test_health_of_leaderships_and_require_leader(make_elector: ElectorFac
                 "name": "job",
                 "value": "a",
                 "node_name": "node-a",
+                "ready": True,
+                "state": "running",
                 "is_leader": True,
                 "token": l1.term.token,
                 "expires_in": r1["leaderships"][0]["expires_in"],
+                "retry_in": None,
+                "callback_errors": 0,
+                "last_error": None,
             }
         ]
         assert r2["leaderships"][0]["is_leader"] is False
@@ -132,6 +137,79 @@ async def test_health_before_and_after_the_elector(etcd: EtcdServer, etcd_prefix
         "lease_expires_in": None,
         "keepalive_latency": report["session"]["keepalive_latency"],
     }
+
+
+async def test_health_of_a_leadership_through_an_error_and_its_end(
+    make_elector: ElectorFactory,
+) -> None:
+    """A leadership is not ready before run() starts; ready but 'backing_off', with the
+    error and the time until it campaigns again, after a callback error; ready and leading
+    again after the back-off (the error kept, with its age); not ready once stopped."""
+    elector = await make_elector()
+    calls = 0
+    failed, leading = anyio.Event(), anyio.Event()
+
+    async def on_elected(term: aioelect.Term) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            failed.set()
+            raise ConnectionError("database unreachable")
+        leading.set()
+
+    lead = elector.leadership("job", "a", on_elected=on_elected, error_backoff=(2, 2))
+    [entry] = health(elector, lead)["leaderships"]
+    assert (entry["ready"], entry["state"], entry["last_error"]) == (False, "new", None)
+    assert health(elector, lead)["ready"] is False  # never started: not ready
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lead.run)
+        with anyio.fail_after(10):
+            await failed.wait()
+        await eventually(lambda: _backing_off(lead), what="backing off")
+        report = health(elector, lead)
+        [entry] = report["leaderships"]
+        assert report["ready"] is True  # it campaigns again within the back-off
+        assert (entry["ready"], entry["state"], entry["is_leader"]) == (True, "backing_off", False)
+        assert entry["retry_in"] is not None and 0 < entry["retry_in"] <= 2
+        assert entry["callback_errors"] == 1
+        assert entry["last_error"] is not None
+        assert entry["last_error"]["callback"] == "on_elected"
+        assert entry["last_error"]["type"] == "ConnectionError"
+        assert entry["last_error"]["message"] == "database unreachable"
+        assert report["statistics"]["callback_errors"] == 1
+        json.dumps(report)
+        with anyio.fail_after(15):  # a guard: the back-off is at most 2 s
+            await leading.wait()
+        [entry] = health(elector, lead)["leaderships"]
+        assert (entry["ready"], entry["state"], entry["is_leader"]) == (True, "running", True)
+        assert entry["retry_in"] is None
+        assert entry["last_error"] is not None and entry["last_error"]["age"] > 0
+        lead.stop()
+    [entry] = health(elector, lead)["leaderships"]
+    assert (entry["ready"], entry["state"]) == (False, "stopped")
+    assert health(elector, lead)["ready"] is False
+
+
+async def test_health_of_a_crashed_run_names_a_non_callback_error(
+    make_elector: ElectorFactory,
+) -> None:
+    """run() ended by an error of aioelect's own (here: the election is already held by
+    this elector) is reported failed, with that error and no callback."""
+    elector = await make_elector()
+    lead = elector.leadership("job", "a")
+    async with elector.hold("job", "held"):
+        with pytest.raises(aioelect.ConfigError):
+            await lead.run()
+    [entry] = health(elector, lead)["leaderships"]
+    assert (entry["ready"], entry["state"], entry["callback_errors"]) == (False, "failed", 0)
+    assert entry["last_error"] is not None
+    assert entry["last_error"]["callback"] is None
+    assert entry["last_error"]["type"] == "aioelect._exceptions.ConfigError"
+    assert "already campaigns" in entry["last_error"]["message"]
+
+
+async def _backing_off(lead: aioelect.Leadership) -> bool:
+    return health(lead._elector, lead)["leaderships"][0]["state"] == "backing_off"
 
 
 # -- metrics ---------------------------------------------------------------------------
@@ -245,6 +323,37 @@ async def test_metrics_of_a_closed_elector(etcd: EtcdServer, etcd_prefix: str) -
     assert sample(samples, "aioelect_leader", etcd_prefix, election="job") == 0
     assert sample(samples, "aioelect_session_live", etcd_prefix) == 0
     assert sample(samples, "aioelect_lease_expires_in_seconds", etcd_prefix) == 0
+    aioelect.prometheus.unregister(elector, registry)
+
+
+async def test_callback_errors_metric(make_elector: ElectorFactory) -> None:
+    """aioelect_callback_errors_total counts each callback's errors by election."""
+    elector = await make_elector()
+    registry = CollectorRegistry()
+    p = elector.prefix
+    calls = 0
+    leading = anyio.Event()
+
+    async def on_elected(term: aioelect.Term) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise RuntimeError("not yet")
+        leading.set()
+
+    lead = elector.leadership("job", "a", on_elected=on_elected, error_backoff=(0.05, 0.1))
+    aioelect.prometheus.register(elector, lead, registry=registry)
+    assert sample(scrape(registry), "aioelect_callback_errors_total", p, election="job",
+                  callback="on_elected") is None  # fmt: skip
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lead.run)
+        with anyio.fail_after(15):
+            await leading.wait()
+        samples = scrape(registry)
+        lead.stop()
+    assert sample(samples, "aioelect_callback_errors_total", p, election="job",
+                  callback="on_elected") == 2  # fmt: skip
+    assert elector.statistics().callback_errors == 2
     aioelect.prometheus.unregister(elector, registry)
 
 

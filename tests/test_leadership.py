@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
+import traceback
 
 import anyio
 import pytest
 from helpers import ElectorFactory, eventually, keys_under
 
 import aioelect
+from aioelect import health
 from aioelect._connection import Connection
 from aioelect._keys import candidate_key
-from aioelect.testing import FaultProxy
+from aioelect.testing import EtcdServer, FaultProxy
 
 pytestmark = pytest.mark.asyncio
 
@@ -327,7 +330,8 @@ class Boom(Exception):
 async def test_callback_exception_propagates_after_resign(
     make_elector: ElectorFactory, raw: Connection, which: str
 ) -> None:
-    """An exception in a callback propagates out of run(), after the term was resigned."""
+    """With restart_on_error=False, an exception in a callback propagates out of run(),
+    after the term was resigned."""
     a = await make_elector()
     seen_down: list[aioelect.Term] = []
 
@@ -341,7 +345,9 @@ async def test_callback_exception_propagates_after_resign(
         if which == "on_stepped_down":
             raise Boom("down")
 
-    lead = a.leadership("job", "a", on_elected=on_elected, on_stepped_down=on_stepped_down)
+    lead = a.leadership(
+        "job", "a", on_elected=on_elected, on_stepped_down=on_stepped_down, restart_on_error=False
+    )
     with pytest.raises(Boom):
         await lead.run()
     assert len(seen_down) == 1
@@ -441,3 +447,338 @@ async def test_on_stepped_down_cut_short_inside_a_raw_etcd_call(
         await hung.close()
     assert cut == [True]
     assert elected == 2
+
+
+# -- callback errors: restart_on_error ---------------------------------------------------
+
+
+def _boom_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """ERROR records of the aioelect logger that carry a Boom traceback."""
+    return [
+        r
+        for r in caplog.records
+        if r.name == "aioelect"
+        and r.levelno == logging.ERROR
+        and r.exc_info is not None
+        and isinstance(r.exc_info[1], Boom)
+    ]
+
+
+async def test_every_replica_fails_once_then_one_leads_again(
+    make_elector: ElectorFactory, raw: Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three replicas whose on_elected fails on their first term (a database blip): each
+    error is logged at ERROR with its traceback and counted, each term is resigned so the
+    next replica leads at once, and a replica that backed off leads again."""
+    caplog.set_level(logging.INFO, logger="aioelect")
+    backoff = (0.2, 0.4)
+    electors = [await make_elector() for _ in range(3)]
+    all_queued = anyio.Event()
+    failed: list[str] = []
+    failed_tokens: list[int] = []
+    stepped_down: list[str] = []
+    led: list[tuple[str, int]] = []
+    led_again = anyio.Event()
+
+    def replica(name: str) -> aioelect.Leadership:
+        first = True
+
+        async def on_elected(term: aioelect.Term) -> None:
+            nonlocal first
+            if first:
+                first = False
+                await all_queued.wait()
+                failed.append(name)
+                failed_tokens.append(term.token)
+                raise Boom(f"{name}: database unreachable")
+            led.append((name, term.token))
+            led_again.set()
+
+        async def on_stepped_down(term: aioelect.Term) -> None:
+            stepped_down.append(name)
+
+        elector = electors[int(name[1:])]
+        return elector.leadership(
+            "job",
+            name,
+            on_elected=on_elected,
+            on_stepped_down=on_stepped_down,
+            error_backoff=backoff,
+        )
+
+    leads = [replica(f"r{i}") for i in range(3)]
+    async with anyio.create_task_group() as tg:
+        for i, lead in enumerate(leads):
+            tg.start_soon(lead.run)
+            await eventually(lambda n=i + 1: _n_candidates(electors[0], n), what="queued")
+        all_queued.set()
+        with anyio.fail_after(15):  # a guard only: the back-off is at most 0.4 s
+            await led_again.wait()
+        assert failed == ["r0", "r1", "r2"]  # election order: each led once and failed
+        assert stepped_down[:3] == ["r0", "r1", "r2"]  # every failed term was ended
+        [(winner, token)] = led
+        assert winner in ("r0", "r1", "r2")
+        assert token > max(failed_tokens)  # a new term, after every failed one
+        assert [e.statistics().callback_errors for e in electors] == [1, 1, 1]
+        assert all(health(e, lead)["ready"] for e, lead in zip(electors, leads, strict=True))
+        for lead in leads:
+            lead.stop()
+    records = _boom_records(caplog)
+    assert sorted(str(r.exc_info[1]) for r in records if r.exc_info) == [
+        f"r{i}: database unreachable" for i in range(3)
+    ]
+    assert all("on_elected of election 'job'" in r.getMessage() for r in records)
+    assert await keys_under(raw, electors[0].prefix + "/") == []
+
+
+async def test_without_restart_run_raises_and_health_is_not_ready(
+    make_elector: ElectorFactory, raw: Connection
+) -> None:
+    """With restart_on_error=False every replica whose on_elected failed leaves run() with
+    the error; health() then reports it not ready, with that error; before run() started
+    it was not ready either."""
+    electors = [await make_elector() for _ in range(3)]
+    all_queued = anyio.Event()
+
+    async def on_elected(term: aioelect.Term) -> None:
+        await all_queued.wait()
+        raise Boom(f"{term.value.decode()}: database unreachable")
+
+    leads = [
+        e.leadership("job", f"r{i}", on_elected=on_elected, restart_on_error=False)
+        for i, e in enumerate(electors)
+    ]
+    before = health(electors[0], leads[0])
+    assert before["ready"] is False
+    assert before["leaderships"][0]["state"] == "new"
+    assert before["leaderships"][0]["last_error"] is None
+    raised: dict[str, BaseException] = {}
+    ended = anyio.Event()
+
+    async def run(lead: aioelect.Leadership) -> None:
+        try:
+            await lead.run()
+        except Boom as exc:
+            raised[lead.value.decode()] = exc
+            if len(raised) == 3:
+                ended.set()
+
+    async with anyio.create_task_group() as tg:
+        for i, lead in enumerate(leads):
+            tg.start_soon(run, lead)
+            await eventually(lambda n=i + 1: _n_candidates(electors[0], n), what="queued")
+        assert all(health(e, lead)["ready"] for e, lead in zip(electors, leads, strict=True))
+        all_queued.set()
+        with anyio.fail_after(15):
+            await ended.wait()
+    assert sorted(raised) == ["r0", "r1", "r2"]
+    for i, (elector, lead) in enumerate(zip(electors, leads, strict=True)):
+        report = health(elector, lead)
+        assert report["ready"] is False
+        entry = report["leaderships"][0]
+        assert (entry["ready"], entry["state"], entry["callback_errors"]) == (False, "failed", 1)
+        error = entry["last_error"]
+        assert error is not None
+        assert error["callback"] == "on_elected"
+        assert error["type"] == f"{__name__}.Boom"
+        assert error["message"] == f"r{i}: database unreachable"
+        assert error["age"] >= 0
+        assert elector.statistics().callback_errors == 1
+    assert await keys_under(raw, electors[0].prefix + "/") == []
+
+
+@pytest.mark.parametrize("restart", [False, True])
+async def test_second_callback_error_keeps_the_first(
+    make_elector: ElectorFactory, caplog: pytest.LogCaptureFixture, restart: bool
+) -> None:
+    """on_elected raises, then on_stepped_down raises too: the caller gets the second with
+    the first as its __context__ (restart_on_error=False), or both are logged and counted
+    and the loop goes on (the default)."""
+    caplog.set_level(logging.ERROR, logger="aioelect")
+    a = await make_elector()
+    calls = 0
+    again = anyio.Event()
+
+    async def on_elected(term: aioelect.Term) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise Boom("elected")
+        again.set()
+
+    async def on_stepped_down(term: aioelect.Term) -> None:
+        if calls == 1:
+            raise Boom("down")
+
+    lead = a.leadership(
+        "job", "a", on_elected=on_elected, on_stepped_down=on_stepped_down,
+        restart_on_error=restart, error_backoff=(0.05, 0.1),
+    )  # fmt: skip
+    if not restart:
+        with pytest.raises(Boom) as info:
+            await lead.run()
+        assert str(info.value) == "down"
+        first = info.value.__context__
+        assert isinstance(first, Boom)
+        assert str(first) == "elected"
+        assert not info.value.__suppress_context__
+        text = "".join(traceback.format_exception(info.value))
+        assert "Boom: elected" in text and "Boom: down" in text
+    else:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lead.run)
+            with anyio.fail_after(15):
+                await again.wait()
+            entry = health(a, lead)["leaderships"][0]
+            lead.stop()
+        assert entry["callback_errors"] == 2
+        assert entry["last_error"] is not None
+        assert (entry["last_error"]["callback"], entry["last_error"]["message"]) == (
+            "on_stepped_down",
+            "down",
+        )
+        messages = [str(r.exc_info[1]) for r in _boom_records(caplog) if r.exc_info]
+        assert messages == ["elected", "down"]
+    assert a.statistics().callback_errors == 2
+
+
+@pytest.mark.parametrize("campaign", [True, False])
+async def test_failing_on_leader_change_does_not_end_the_loop(
+    make_elector: ElectorFactory, caplog: pytest.LogCaptureFixture, campaign: bool
+) -> None:
+    """An on_leader_change that raises is logged and counted, then called again with the
+    current leader after a back-off; the term it reported on is not ended."""
+    caplog.set_level(logging.ERROR, logger="aioelect")
+    a = await make_elector()
+    b = await make_elector()
+    seen: list[bytes | None] = []
+    called_again = anyio.Event()
+    elected: list[aioelect.Term] = []
+
+    async def on_leader_change(info: aioelect.LeaderInfo | None) -> None:
+        seen.append(info.value if info else None)
+        if info is not None and len([v for v in seen if v is not None]) == 1:
+            raise Boom("leader change")
+        if info is not None:
+            called_again.set()
+
+    async def on_elected(term: aioelect.Term) -> None:
+        elected.append(term)
+
+    lead = a.leadership(
+        "job", "a", campaign=campaign, on_elected=on_elected,
+        on_leader_change=on_leader_change, error_backoff=(0.05, 0.1),
+    )  # fmt: skip
+    async with anyio.create_task_group() as tg:
+        if not campaign:
+            tg.start_soon(_hold_forever, b)
+        tg.start_soon(lead.run)
+        with anyio.fail_after(15):
+            await called_again.wait()
+        leader = await a.leader("job")
+        assert leader is not None
+        assert seen[-1] == leader.value  # called again with the current leader
+        if campaign:
+            assert len(elected) == 1  # still the first term: it was not ended
+            assert lead.term is elected[0]
+        report = health(a, lead)
+        assert report["ready"] is True
+        assert report["leaderships"][0]["state"] == "running"
+        assert report["leaderships"][0]["last_error"]["callback"] == "on_leader_change"  # type: ignore[index]
+        lead.stop()
+        tg.cancel_scope.cancel()
+    assert a.statistics().callback_errors == 1
+    assert [str(r.exc_info[1]) for r in _boom_records(caplog) if r.exc_info] == ["leader change"]
+
+
+async def _hold_forever(elector: aioelect.Elector) -> None:
+    async with elector.hold("job", "b"):
+        await anyio.sleep_forever()
+
+
+@pytest.mark.parametrize("how", ["stop", "cancel", "close"])
+async def test_back_off_ends_at_once_on_stop_cancel_or_close(
+    make_elector: ElectorFactory, etcd: EtcdServer, etcd_prefix: str, how: str
+) -> None:
+    """A leadership backing off after an error (here for 60 s) ends at once on stop()
+    (returns), on cancellation, and when its elector closes (ElectorClosed)."""
+    elector = aioelect.Elector(endpoints=etcd.endpoints, prefix=etcd_prefix, ttl=2)
+    await elector.__aenter__()
+    try:
+        failed = anyio.Event()
+
+        async def on_elected(term: aioelect.Term) -> None:
+            failed.set()
+            raise Boom("elected")
+
+        lead = elector.leadership("job", "a", on_elected=on_elected, error_backoff=(60, 60))
+        outcome: list[str] = []
+
+        async def run() -> None:
+            try:
+                await lead.run()
+                outcome.append("returned")
+            except aioelect.ElectorClosed:
+                outcome.append("closed")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await failed.wait()
+            await eventually(lambda: _backing_off(lead), what="backing off")
+            entry = health(elector, lead)["leaderships"][0]
+            assert (entry["ready"], entry["state"]) == (True, "backing_off")
+            assert entry["retry_in"] is not None and 0 < entry["retry_in"] <= 60
+            with anyio.fail_after(5):  # far below the 30-60 s back-off
+                if how == "stop":
+                    lead.stop()
+                elif how == "cancel":
+                    tg.cancel_scope.cancel()
+                else:
+                    await elector.__aexit__(None, None, None)
+                await eventually(lambda: _not_running(lead), what="run() ended")
+        expected = {"stop": ["returned"], "cancel": [], "close": ["closed"]}[how]
+        assert outcome == expected
+        state = lead._state
+        assert state == ("failed" if how == "close" else "stopped")
+        assert health(elector, lead)["leaderships"][0]["ready"] is False
+    finally:
+        await elector.__aexit__(None, None, None)
+
+
+async def _backing_off(lead: aioelect.Leadership) -> bool:
+    return lead._retry_at is not None
+
+
+async def _not_running(lead: aioelect.Leadership) -> bool:
+    return not lead._running
+
+
+async def test_cancelled_while_on_stepped_down_fails_the_cancellation_wins(
+    make_elector: ElectorFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cancelling run() while on_stepped_down raises: run() ends cancelled (the error does
+    not replace the cancellation), and the error is logged at ERROR, not lost."""
+    caplog.set_level(logging.ERROR, logger="aioelect")
+    a = await make_elector()
+    elected = anyio.Event()
+
+    async def on_elected(term: aioelect.Term) -> None:
+        elected.set()
+        await anyio.sleep_forever()
+
+    async def on_stepped_down(term: aioelect.Term) -> None:
+        raise Boom("down")
+
+    lead = a.leadership(
+        "job", "a", on_elected=on_elected, on_stepped_down=on_stepped_down,
+        restart_on_error=False,
+    )  # fmt: skip
+    with anyio.fail_after(15):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lead.run)
+            await elected.wait()
+            tg.cancel_scope.cancel()
+    assert [str(r.exc_info[1]) for r in _boom_records(caplog) if r.exc_info] == ["down"]
+    assert lead._state == "stopped"
+    assert a.statistics().callback_errors == 1
+    assert await a.leader("job") is None

@@ -35,6 +35,8 @@ async def callback_style(elector: aioelect.Elector) -> None:
         on_stepped_down=on_stepped_down,
         on_leader_change=on_leader_change,
         handover_barrier=False,
+        restart_on_error=True,
+        error_backoff=(0.5, timedelta(seconds=30)),
     )
     lease: aioelect.LeaderLease | None = leadership.get_lease()
     current: tuple[bytes, int] | None = await leadership.current_leader()
