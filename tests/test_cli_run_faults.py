@@ -190,3 +190,60 @@ def test_wrapper_cut_off_while_cmd_ignores_sigterm(
     assert last < cut + TTL  # killed within the lease, though --grace is 10 s
     fault_proxy.heal()
     assert a.proc.wait(30) == 75
+
+
+# -- the demo ---------------------------------------------------------------------------
+
+
+def descendants(root: int) -> set[int]:
+    """Every process below ``root`` now (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+
+
+@linux_only
+@pytest.mark.parametrize("kill_demo", [False, True], ids=["ends-by-itself", "demo-sigkilled"])
+def test_demo_leaves_no_process(kill_demo: bool) -> None:
+    """Every process the demo started (etcd, the candidates, their watchdogs and commands)
+    is gone when it ends, or when it is SIGKILLed once the first leader's command runs."""
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "aioelect", "demo", "--plain"], stdout=subprocess.PIPE
+    )
+    seen: set[int] = set()
+    try:
+        assert demo.stdout is not None
+        for raw in demo.stdout:
+            seen |= descendants(demo.pid)
+            line = raw.decode()
+            if kill_demo and " leads (token" in line:
+                poll(lambda: len(descendants(demo.pid)) >= 6, "etcd, 3 nodes, a watchdog, CMD")
+                seen |= descendants(demo.pid)
+                demo.kill()
+                break
+        assert demo.wait(60) == (-signal.SIGKILL if kill_demo else 0)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+        demo.wait()
+        assert demo.stdout is not None
+        demo.stdout.close()
+    assert len(seen) >= 6
+    poll(lambda: all(gone(p) for p in seen), "every process of the demo gone")
