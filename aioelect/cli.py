@@ -12,6 +12,13 @@ Global options come before the subcommand; each has an ``AIOELECT_*`` env var
 (``--endpoints`` / ``AIOELECT_ENDPOINTS`` and so on). ``python -m aioelect`` is
 the same program.
 
+``run`` starts CMD under a watchdog process (``aioelect/_watchdog.py``) that
+SIGKILLs CMD's process group by the term's hard deadline (the last keepalive's
+send time + TTL, less :data:`KILL_MARGIN`) unless fed a later one, or at once
+if this wrapper dies: CMD never runs beside the next leader's, even if the
+wrapper is SIGKILLed, frozen or cut off from etcd. ``--grace`` is capped by
+that deadline.
+
 Exit codes: ``run`` exits with CMD's code; 75 when leadership was lost while
 CMD ran (CMD's process group was stopped); 128+N when stopped by signal N
 before being elected; 0 without running CMD under ``--no-wait`` when another
@@ -116,7 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace",
         type=float,
         default=10.0,
-        help="seconds between SIGTERM and SIGKILL when CMD must stop (default %(default)s)",
+        help="seconds between SIGTERM and SIGKILL when CMD must stop (default %(default)s); "
+        "capped by the lease: SIGKILL comes by the term's hard deadline (the last keepalive's "
+        "send time + TTL - 0.1 s) if that is earlier, so CMD never runs beside the next "
+        "leader's. CMD runs under a watchdog process that also SIGKILLs its process group at "
+        "that deadline if this wrapper freezes or dies",
     )
     run.add_argument("cmd", nargs="*", metavar="-- CMD [ARG...]", help="the command to run")
 

@@ -192,6 +192,37 @@ def test_wrapper_cut_off_while_cmd_ignores_sigterm(
     assert a.proc.wait(30) == 75
 
 
+def test_watchdog_sigkilled(
+    etcd: EtcdServer, etcd_prefix: str, tmp_path: Path, hosts: list[Host]
+) -> None:
+    """The watchdog killed from outside: CMD dies with it (the parent-death signal on Linux,
+    the wrapper otherwise), the wrapper kills what is left of the group, exits 137, resigns."""
+    a = start(hosts, etcd.endpoint, etcd_prefix, tmp_path, "a")
+    poll(lambda: len(a.ticks(".gc")) > 0, "the first CMD ticks")
+    cmd, watchdog, grandchild = a.pids()
+    os.kill(watchdog, signal.SIGKILL)
+    assert a.proc.wait(20) == 128 + signal.SIGKILL
+    poll(lambda: gone(cmd) and gone(grandchild), "CMD and its grandchild gone")
+    assert candidates(etcd, etcd_prefix) == 0
+
+
+def test_what_cmd_leaves_in_its_group_is_stopped_before_resigning(
+    etcd: EtcdServer, etcd_prefix: str, tmp_path: Path, hosts: list[Host]
+) -> None:
+    """CMD exits, leaving a process in its group: that one gets SIGTERM, and the wrapper
+    exits with CMD's code once the group is empty (nothing of the term outlives it)."""
+    pidfile = tmp_path / "pid"
+    script = f"sleep 60 & echo $! > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; exit 3"
+    p = subprocess.Popen(
+        cli(etcd.endpoint, etcd_prefix, "run", "job", "a", "--", "sh", "-c", script)
+    )
+    hosts.append(Host(p, tmp_path / "none"))
+    assert p.wait(20) == 3
+    leftover = int(pidfile.read_text())
+    poll(lambda: gone(leftover), "the leftover process gone", timeout=5)
+    assert candidates(etcd, etcd_prefix) == 0
+
+
 # -- the demo ---------------------------------------------------------------------------
 
 
