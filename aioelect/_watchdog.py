@@ -57,16 +57,11 @@ KILL_WAIT = 10.0
 GROUP_POLL = 0.02
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 
-def die_with_parent(parent: int, signum: int = signal.SIGKILL) -> Callable[[], None] | None:
-    """On Linux, a ``preexec_fn`` that makes the child get ``signum`` when ``parent`` dies.
-
-    Also usable in the child itself (call the returned function). Returns
-    None on other systems. Only for a single-threaded parent, or one whose
-    forking thread lives as long as the parent: the signal follows the
-    *thread* that forked.
-    """
+def _prctl() -> Callable[[int, int], int] | None:
+    """Linux's prctl(option, arg) through ctypes, or None elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
@@ -77,13 +72,43 @@ def die_with_parent(parent: int, signum: int = signal.SIGKILL) -> Callable[[], N
         return None
     prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     prctl.restype = ctypes.c_int
+    return lambda option, arg: int(prctl(option, arg, 0, 0, 0))
+
+
+def die_with_parent(parent: int, signum: int = signal.SIGKILL) -> Callable[[], None] | None:
+    """On Linux, a ``preexec_fn`` that makes the child get ``signum`` when ``parent`` dies.
+
+    Also usable in the child itself (call the returned function). Returns
+    None on other systems. Only for a single-threaded parent, or one whose
+    forking thread lives as long as the parent: the signal follows the
+    *thread* that forked.
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
 
     def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+        prctl(_PR_SET_PDEATHSIG, int(signum))
         if os.getppid() != parent:  # the parent died before the signal was armed
             os.kill(os.getpid(), signum)
 
     return arm
+
+
+def _reap(pid: int) -> int | None:
+    """Reap every exited child (orphans of CMD's group come to us as their subreaper);
+    return CMD's exit code if CMD was one of them."""
+    code = None
+    while True:
+        try:
+            child, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return code
+        if child == 0:
+            return code
+        if child == pid:
+            rc = os.waitstatus_to_exitcode(status)
+            code = rc if rc >= 0 else 128 - rc
 
 
 class _Watchdog:
@@ -169,6 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, stop)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
+    prctl = _prctl()
+    if prctl is not None:
+        # Processes of CMD's group orphaned by their parent come to us, and we reap them
+        # at once: a zombie would keep the group "alive" until init got to it.
+        prctl(_PR_SET_CHILD_SUBREAPER, 1)
     wd.read_feed()
     if wd.must_kill():
         _status("L")
@@ -194,11 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     code: int | None = None
     killed_at: float | None = None
     while True:
-        if code is None:
-            rc = proc.poll()
-            if rc is not None:
-                code = rc if rc >= 0 else 128 - rc
-                _status(f"X {code}")
+        reaped = _reap(pgid)
+        if reaped is not None and code is None:
+            code = reaped
+            proc.returncode = code  # reaped here, not by Popen
+            _status(f"X {code}")
         if code is not None and not _group_alive(pgid):
             break
         for forwarded in wd.signals:
