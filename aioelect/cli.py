@@ -406,10 +406,14 @@ async def _supervise(cmd: list[str], grace: float, term: Term, state: _RunState)
             return EXIT_LOST  # the term was over before CMD could start
         await child.wait_exited()
     finally:
-        unsubscribe()
+        # Fed while the term lasts (what CMD left in its group gets --grace then),
+        # no longer once it ended: the last deadline fed stands.
         with anyio.CancelScope(shield=True):
-            await child.stop(grace)
-            await proc.aclose()
+            try:
+                await child.stop(grace)
+            finally:
+                unsubscribe()
+                await proc.aclose()
     return child.code if child.code is not None else 128 + int(signal.SIGKILL)
 
 
