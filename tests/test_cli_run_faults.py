@@ -139,6 +139,19 @@ def check_handover(first: Host, second: Host) -> float:
     return start_second - last
 
 
+def test_cmd_runs_on_while_the_wrapper_feeds_its_watchdog(
+    etcd: EtcdServer, etcd_prefix: str, tmp_path: Path, hosts: list[Host]
+) -> None:
+    """A healthy wrapper moves the watchdog's deadline at every keepalive: CMD runs for
+    many TTLs, then exits by SIGTERM with its own code."""
+    a = start(hosts, etcd.endpoint, etcd_prefix, tmp_path, "a")
+    poll(lambda: len(a.ticks()) > 0, "CMD ticks")
+    poll(lambda: a.ticks()[-1] - a.ticks()[0] > 4 * TTL, "CMD ran for 4 TTLs")
+    assert a.proc.poll() is None
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(20) == 128 + signal.SIGTERM
+
+
 def test_wrapper_sigkilled(
     etcd: EtcdServer, etcd_prefix: str, tmp_path: Path, hosts: list[Host]
 ) -> None:
