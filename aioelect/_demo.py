@@ -1,6 +1,7 @@
 """``aioelect demo``: three candidate processes on an embedded etcd, a handover and a crash.
 
-Each candidate is ``aioelect run demo node-N -- <sleep>`` in its own process.
+Each candidate is ``aioelect run demo node-N -- <sleep>`` in its own process,
+which dies with the demo (and its command with it, by ``run``'s watchdog).
 The demo watches the election, asks the first leader to leave (SIGTERM: a
 graceful handover), then SIGKILLs the next one (a crash: its lease must
 expire), and shows each failover with its measured time. It ends by itself.
@@ -8,6 +9,7 @@ expire), and shows each failover with its measured time. It ends by itself.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -186,12 +188,32 @@ async def _stop_on_signal(scope: anyio.CancelScope) -> None:
             return
 
 
+#: How a candidate process starts: it dies with the demo (on Linux by the parent-death
+#: signal, elsewhere when its stdin, a pipe from the demo, ends), and its command's
+#: watchdog then kills the command.
+_NODE = """\
+import os, signal, sys, threading
+from aioelect._watchdog import die_with_parent
+arm = die_with_parent({parent})
+if arm is not None:
+    arm()
+def lifeline():
+    while os.read(0, 4096):
+        pass
+    os.kill(os.getpid(), signal.SIGKILL)
+threading.Thread(target=lifeline, daemon=True).start()
+from aioelect.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 async def _spawn(endpoint: str, value: str) -> anyio.abc.Process:
     sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
     cmd = [
-        sys.executable, "-m", "aioelect", "--endpoints", endpoint, "--prefix", "/demo",
-        "--ttl", str(TTL), "run", "demo", value, "--grace", "1", "--", *sleeper,
+        sys.executable, "-c", _NODE.format(parent=os.getpid()), "--endpoints", endpoint,
+        "--prefix", "/demo", "--ttl", str(TTL), "run", "demo", value, "--grace", "1", "--",
+        *sleeper,
     ]  # fmt: skip
     return await anyio.open_process(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -16,16 +16,18 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 from typing_extensions import Self
 
 from ._config import duration
 from ._exceptions import AioelectError, ConfigError
+from ._watchdog import die_with_parent
 
 __all__ = ("EmbeddedEtcd", "EtcdProcess", "find_etcd_binary", "free_port")
 
@@ -116,6 +118,9 @@ class EtcdProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self._tmp / "etcd.log"
         self._started_once = False
+        # On Linux, the process that spawns etcd from a thread that lives as long as
+        # itself may set this to its pid: etcd then gets SIGKILL when it dies.
+        self._die_with: int | None = None
 
     @property
     def scheme(self) -> str:
@@ -180,6 +185,7 @@ class EtcdProcess:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                preexec_fn=None if self._die_with is None else die_with_parent(self._die_with),
             )
         finally:
             log.close()
@@ -215,10 +221,13 @@ class EtcdProcess:
             return "(no log)"
         return "\n".join(lines[-n:])
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start the process and wait until it serves (retrying once on a port clash)."""
+    def start(self, timeout: float = 30.0, spawn: Callable[[], None] | None = None) -> None:
+        """Start the process and wait until it serves (retrying once on a port clash).
+
+        ``spawn`` replaces :meth:`spawn` (e.g. to spawn from another thread).
+        """
         for attempt in range(3):
-            self.spawn()
+            (spawn or self.spawn)()
             try:
                 self.wait_ready(timeout)
                 return
@@ -333,8 +342,15 @@ class EmbeddedEtcd:
         proc = EtcdProcess(
             data_dir=self._data_dir, heartbeat_ms=self._hb_ms, election_ms=self._el_ms
         )
+        # etcd dies with this process even if it is SIGKILLed (Linux): spawned from the
+        # event loop's thread (the parent-death signal follows the thread that forks).
+        proc._die_with = os.getpid()
+
+        def spawn() -> None:
+            anyio.from_thread.run_sync(proc.spawn)
+
         try:
-            await anyio.to_thread.run_sync(proc.start, self._startup_timeout)
+            await anyio.to_thread.run_sync(proc.start, self._startup_timeout, spawn)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(proc.cleanup)

@@ -49,6 +49,7 @@ class Session:
         self._renewed_at = sent_at
         self.lost_reason: str | None = None
         self._on_lost: set[Callable[[str], None]] = set()
+        self._on_renewed: list[Callable[[float], None]] | None = None
         self.keepalives = 0
         self.failures = 0
         self.latency: float | None = None
@@ -79,6 +80,21 @@ class Session:
             return lambda: None
         self._on_lost.add(callback)
         return lambda: self._on_lost.discard(callback)
+
+    def on_renewed(self, callback: Callable[[float], None]) -> Callable[[], None]:
+        """Call ``callback(hard_deadline)`` after every successful renewal; return an
+        unsubscribe function. (For ``aioelect run``'s watchdog: package-internal.)
+        """
+        if self._on_renewed is None:
+            self._on_renewed = []
+        listeners = self._on_renewed
+        listeners.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                listeners.remove(callback)
+
+        return unsubscribe
 
     def mark_lost(self, reason: str) -> None:
         """End the session now and tell every listener (once)."""
@@ -138,6 +154,8 @@ class Session:
                 self.keepalives += 1
                 self._renewed_at = max(self._renewed_at, sent)
                 backoff.reset()
+                for renewed in list(self._on_renewed or ()):
+                    renewed(self.hard_deadline)
                 next_at = sent + cfg.keepalive_interval
         finally:
             if stream is not None:

@@ -168,6 +168,14 @@ class Term:
             self._on_end = []
         self._on_end.append(callback)
 
+    def _hard_deadline(self) -> float:
+        """The monotonic instant before which etcd cannot expire this term's lease."""
+        return self._session.hard_deadline
+
+    def _on_renewed(self, callback: Callable[[float], None]) -> Callable[[], None]:
+        """Call ``callback(hard_deadline)`` after each renewal of the lease."""
+        return self._session.on_renewed(callback)
+
     # -- public ------------------------------------------------------------------
 
     @property

@@ -12,6 +12,13 @@ Global options come before the subcommand; each has an ``AIOELECT_*`` env var
 (``--endpoints`` / ``AIOELECT_ENDPOINTS`` and so on). ``python -m aioelect`` is
 the same program.
 
+``run`` starts CMD under a watchdog process (``aioelect/_watchdog.py``) that
+SIGKILLs CMD's process group by the term's hard deadline (the last keepalive's
+send time + TTL, less :data:`KILL_MARGIN`) unless fed a later one, or at once
+if this wrapper dies: CMD never runs beside the next leader's, even if the
+wrapper is SIGKILLed, frozen or cut off from etcd. ``--grace`` is capped by
+that deadline.
+
 Exit codes: ``run`` exits with CMD's code; 75 when leadership was lost while
 CMD ran (CMD's process group was stopped); 128+N when stopped by signal N
 before being elected; 0 without running CMD under ``--no-wait`` when another
@@ -22,18 +29,21 @@ candidate was first. ``leader`` exits 1 when the election is vacant. 2 means bad
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import anyio
 import anyio.abc
+from anyio.streams.buffered import BufferedByteReceiveStream
 
-from . import __version__
+from . import __version__, _watchdog
 from ._config import check_name
 from ._connection import TLSConfig
 from ._elector import Elector
@@ -45,12 +55,17 @@ from ._exceptions import (
     NotLeader,
 )
 from ._models import LeaderInfo
+from ._term import Term
 
 __all__ = ("main",)
 
 EXIT_LOST = 75
 EXIT_UNAVAILABLE = 69
 EXIT_USAGE = 2
+
+#: The watchdog kills CMD's group at least this long before the earliest instant etcd
+#: may expire the lease (the last keepalive's send time + TTL).
+KILL_MARGIN = 0.1
 
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -109,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace",
         type=float,
         default=10.0,
-        help="seconds between SIGTERM and SIGKILL when CMD must stop (default %(default)s)",
+        help="seconds between SIGTERM and SIGKILL when CMD must stop (default %(default)s); "
+        "capped by the lease: SIGKILL comes by the term's hard deadline (the last keepalive's "
+        "send time + TTL - 0.1 s) if that is earlier, so CMD never runs beside the next "
+        "leader's. CMD runs under a watchdog process that also SIGKILLs its process group at "
+        "that deadline if this wrapper freezes or dies",
     )
     run.add_argument("cmd", nargs="*", metavar="-- CMD [ARG...]", help="the command to run")
 
@@ -198,34 +217,105 @@ async def _cmd_observe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _signal_group(proc: anyio.abc.Process, signum: int) -> None:
-    """Signal CMD's whole process group (it leads one: started in a new session)."""
-    if proc.returncode is not None:
-        return
-    try:
-        os.killpg(proc.pid, signum)
-    except ProcessLookupError:
-        pass
-    except PermissionError:  # pragma: no cover - the group changed hands
-        proc.send_signal(signal.Signals(signum))
+class _Child:
+    """CMD under its watchdog (``aioelect/_watchdog.py``), as the wrapper sees it.
 
+    The watchdog is the process the wrapper starts; it starts CMD, signals
+    CMD's group when told to (``S``), SIGKILLs it when the fed hard deadline
+    passes or the feed ends, and exits once CMD's group is empty. Its status
+    lines arrive on its stdout.
+    """
 
-async def _stop_child(proc: anyio.abc.Process, grace: float) -> None:
-    if proc.returncode is not None:
-        return
-    _signal_group(proc, signal.SIGTERM)
-    with anyio.move_on_after(grace):
-        await proc.wait()
-        return
-    _signal_group(proc, signal.SIGKILL)
-    await proc.wait()
+    def __init__(self, proc: anyio.abc.Process, feed: int, deadline: float) -> None:
+        self.proc = proc
+        self._feed: int | None = feed
+        self._status = BufferedByteReceiveStream(proc.stdout) if proc.stdout else None
+        self.deadline = deadline
+        self.pid: int | None = None
+        self.code: int | None = None
+        self.error: str | None = None
+        self.not_started = False
+        self.gone = False  # the watchdog's stdout ended: it exited, CMD's group is empty
+
+    def _send(self, line: str) -> None:
+        if self._feed is None:
+            return
+        try:
+            os.write(self._feed, line.encode())
+        except BlockingIOError:  # pragma: no cover - 64 KiB of unread feed: it is stopped
+            pass
+        except OSError:  # the watchdog is gone
+            self.kill()
+
+    def feed(self, deadline: float) -> None:
+        """Move the instant at which the watchdog kills CMD's group."""
+        self.deadline = deadline
+        self._send(f"D {deadline!r}\n")
+
+    def signal(self, signum: int) -> None:
+        """Have the watchdog send ``signum`` to CMD's process group."""
+        self._send(f"S {int(signum)}\n")
+
+    def kill(self) -> None:
+        """End the feed: the watchdog SIGKILLs CMD's group at once."""
+        if self._feed is not None:
+            feed, self._feed = self._feed, None
+            os.close(feed)
+
+    async def _next(self) -> None:
+        """Read one status line (or the end of them)."""
+        if self.gone or self._status is None:
+            self.gone = True
+            return
+        try:
+            line = await self._status.receive_until(b"\n", 4096)
+        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
+            self.gone = True
+            return
+        kind, _, arg = line.decode(errors="replace").partition(" ")
+        if kind == "P":
+            self.pid = int(arg)
+        elif kind == "X":
+            self.code = int(arg)
+        elif kind == "E":
+            self.error = arg.partition(" ")[2] or arg
+        elif kind == "L":
+            self.not_started = True
+
+    async def wait_started(self) -> None:
+        while self.pid is None and self.error is None and not self.not_started and not self.gone:
+            await self._next()
+
+    async def wait_exited(self) -> None:
+        while self.code is None and not self.gone:
+            await self._next()
+
+    async def wait_gone(self) -> None:
+        while not self.gone:
+            await self._next()
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM to CMD's group; SIGKILL after ``grace`` s (the watchdog kills at the
+        fed hard deadline if that comes first); return once the group is empty."""
+        if not self.gone:
+            self.signal(signal.SIGTERM)
+            with anyio.move_on_after(grace):
+                await self.wait_gone()
+            self.kill()
+            await self.wait_gone()
+        self.kill()
+        await self.proc.wait()
+        if self.code is None and self.pid is not None:
+            # The watchdog itself died (killed from outside): finish its job.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
 
 
 class _RunState:
     """What the signal handler of ``run`` needs: the child, or the scope of the wait."""
 
     def __init__(self) -> None:
-        self.proc: anyio.abc.Process | None = None
+        self.proc: _Child | None = None
         self.scope = anyio.CancelScope()
         self.signals: list[int] = []
 
@@ -239,7 +329,7 @@ async def _handle_signals(state: _RunState) -> None:
                 if signum in (signal.SIGTERM, signal.SIGINT):
                     state.scope.cancel()
             else:
-                _signal_group(state.proc, signum)
+                state.proc.signal(signum)
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
@@ -256,7 +346,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
             try:
                 async with elector.hold(name, args.value, wait=not args.no_wait) as term:
                     log.info("leading %r (token %d): starting %s", name, term.token, cmd)
-                    code = await _supervise(cmd, args.grace, term.token, state)
+                    code = await _supervise(cmd, args.grace, term, state)
             except NotLeader as exc:
                 print(f"aioelect: not run: {exc}", file=sys.stderr)
                 code = 0
@@ -269,25 +359,63 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
-async def _supervise(cmd: list[str], grace: float, token: int, state: _RunState) -> int:
-    env = dict(os.environ, AIOELECT_TOKEN=str(token))
+async def _supervise(cmd: list[str], grace: float, term: Term, state: _RunState) -> int:
+    """Run CMD under its watchdog while ``term`` leads; return CMD's exit code."""
+    env = dict(os.environ, AIOELECT_TOKEN=str(term.token))
+    feed_r, feed_w = os.pipe()
+    try:
+        out = os.dup(1)
+    except OSError:  # no stdout: CMD gets /dev/null
+        out = -1
+    deadline = term._hard_deadline() - KILL_MARGIN
+    watchdog = [
+        sys.executable, "-I", "-S", _watchdog.__file__, str(feed_r), str(out), repr(deadline),
+        "--", *cmd,
+    ]  # fmt: skip
     try:
         proc = await anyio.open_process(
-            cmd, stdin=None, stdout=None, stderr=None, env=env, start_new_session=True
+            watchdog,
+            stdin=None,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            env=env,
+            start_new_session=True,
+            pass_fds=(feed_r,) if out < 0 else (feed_r, out),
         )
-    except OSError as exc:
-        print(f"aioelect: cannot start {cmd[0]!r}: {exc.strerror or exc}", file=sys.stderr)
-        return 127
-    state.proc = proc
-    try:
-        await proc.wait()
+    except BaseException:
+        os.close(feed_w)
+        raise
     finally:
+        os.close(feed_r)
+        if out >= 0:
+            os.close(out)
+    os.set_blocking(feed_w, False)
+    child = _Child(proc, feed_w, deadline)
+    state.proc = child
+
+    def renewed(hard_deadline: float) -> None:
+        if term.is_valid:  # once the term ends, the last deadline fed stands
+            child.feed(hard_deadline - KILL_MARGIN)
+
+    unsubscribe = term._on_renewed(renewed)
+    try:
+        await child.wait_started()
+        if child.error is not None:
+            print(f"aioelect: cannot start {cmd[0]!r}: {child.error}", file=sys.stderr)
+            return 127
+        if child.pid is None:
+            return EXIT_LOST  # the term was over before CMD could start
+        await child.wait_exited()
+    finally:
+        # Fed while the term lasts (what CMD left in its group gets --grace then),
+        # no longer once it ended: the last deadline fed stands.
         with anyio.CancelScope(shield=True):
-            await _stop_child(proc, grace)
-            await proc.aclose()
-    code = proc.returncode
-    assert code is not None
-    return code if code >= 0 else 128 - code
+            try:
+                await child.stop(grace)
+            finally:
+                unsubscribe()
+                await proc.aclose()
+    return child.code if child.code is not None else 128 + int(signal.SIGKILL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

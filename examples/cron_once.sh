@@ -6,10 +6,11 @@
 # and `aioelect run` lets exactly one of them run the command at a time:
 # every host campaigns in the election "$CRON_JOB_NAME"; the leader runs the
 # command while the others wait. The command gets the leader's fencing token
-# in AIOELECT_TOKEN. If the leader loses etcd (or its host freezes), the
-# command is stopped (SIGTERM, then SIGKILL) before another host can start
-# it; when the command ends, the leader resigns at once and exits with its
-# code. The same without this script:
+# in AIOELECT_TOKEN. If the leader loses etcd, or its `aioelect run` freezes
+# or dies, the command is stopped (SIGTERM, then SIGKILL by the lease's hard
+# deadline, by run's watchdog) before another host can start it; when the
+# command ends, the leader resigns at once and exits with its code. Only a
+# frozen host (a paused VM) escapes this: let the job pass AIOELECT_TOKEN on. The same without this script:
 #
 #   aioelect --endpoints "$AIOELECT_ENDPOINTS" run nightly-report "$(hostname)" -- ./report.sh
 #
