@@ -476,8 +476,13 @@ class Elector:
         Raises:
             LeadershipLost: the term ended before the block did.
             NotLeader: ``wait=False`` and another candidate came first.
-            ConfigError: bad name or value, or this elector already campaigns
-                in this election.
+            ConfigError: bad name or value (also: a key and value over etcd's
+                request limit, ``max_request_bytes``), or this elector already
+                campaigns in this election. Raised before any I/O.
+            EtcdError: a permanent error (``retryable`` False: e.g.
+                ``RequestTooLarge`` from an etcd with a smaller limit than
+                ``max_request_bytes``, ``PermissionDenied``), raised at once and
+                leaving no key. Retryable errors are retried while waiting.
             ElectorClosed: the elector is not open.
         """
         return HoldBlock(self, name, value, wait)
@@ -565,7 +570,11 @@ class Elector:
         return leader_info(name, first)
 
     async def candidates(self, name: str) -> list[CandidateInfo]:
-        """Return the live candidates of election ``name`` in election order, leader first."""
+        """Return the live candidates of election ``name`` in election order, leader first.
+
+        One consistent snapshot, read in pages (any number of candidates and values
+        up to etcd's limit); cancelling it leaves nothing behind.
+        """
         self._check_usable()
         name = check_name(name)
         eprefix = election_prefix(self.prefix, name)
