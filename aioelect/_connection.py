@@ -299,18 +299,18 @@ def classify(
             )
         if code == grpc.StatusCode.PERMISSION_DENIED:
             return PermissionDenied(f"etcd at {', '.join(endpoints)}: {text}")
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "Received message larger" in details:
+            # grpc-core's receive limit (a caller's client: ours has none): a response
+            # too large. (etcd's Go server says "received", in lower case, of a request.)
+            return _etcd_error(endpoints, f"response over the client's receive limit: {text}")
         if "request is too large" in details or (
-            # etcd's gRPC server refuses more than --max-request-bytes + 512 KiB
-            # itself; grpc-core refuses to send more than its send limit.
-            code == grpc.StatusCode.RESOURCE_EXHAUSTED
-            and "larger than max" in details
-            and not details.startswith("Received")
+            # etcd's gRPC server refuses more than --max-request-bytes + 512 KiB itself
+            # ("grpc: received message larger than max"); grpc-core refuses to send
+            # more than its send limit ("Sent message larger than max").
+            code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in details
         ):
             return _too_large(endpoints, text, size, limit)
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            if "Received message larger than max" in details:
-                # Our receive limit (a caller's client: ours has none); permanent.
-                return _etcd_error(endpoints, f"response over the client's receive limit: {text}")
             # "too many requests" is retryable; "database space exceeded" needs an operator.
             return _etcd_error(endpoints, text, retryable="space exceeded" not in details)
         if code in _UNKNOWN_OUTCOME_CODES:

@@ -95,7 +95,7 @@ def fmt(samples: list[float]) -> str:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Big prefixes: enter and resync.")
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     proc = EtcdProcess()

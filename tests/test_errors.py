@@ -122,6 +122,18 @@ GRPC_CASES: list[tuple[grpc.StatusCode, str, type[EtcdError], bool]] = [
         EtcdError,
         False,
     ),
+    (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "Stream removed (CLIENT: Received message larger than max (5243153 vs. 4194304))",
+        EtcdError,
+        False,
+    ),
+    (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "Sent message larger than max (5243153 vs. 4194304)",
+        RequestTooLarge,
+        False,
+    ),
     (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key is not provided", EtcdError, False),
     (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied", PermissionDenied, False),
     (

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import aetcd
 import anyio
 import pytest
 from helpers import ElectorFactory, eventually, keys_under, live_leases
@@ -151,7 +152,7 @@ async def test_a_prefix_over_4_mib_lets_a_new_elector_enter(
 
 
 async def test_a_resync_of_a_prefix_over_4_mib_after_a_broken_watch(
-    make_elector: ElectorFactory, raw: Connection, etcd_prefix: str, fault_proxy: FaultProxy
+    fault_proxy: FaultProxy, make_elector: ElectorFactory, raw: Connection, etcd_prefix: str
 ) -> None:
     """A watch broken (connections reset) while the 5 MiB prefix changed: the resync reads
     it in pages and the mirror matches etcd again."""
@@ -292,3 +293,20 @@ async def test_an_entry_refused_after_its_grant_leaves_no_lease(
                     pytest.fail("must not enter")
             assert elector.statistics().sessions_granted == 1  # refused after the grant
             assert await live_leases(root) == before
+
+
+async def test_a_callers_client_with_grpcs_default_receive_limit_enters_too(
+    etcd: EtcdServer, raw: Connection, etcd_prefix: str
+) -> None:
+    """A caller's aetcd client keeps gRPC's 4 MiB receive limit: a page over it is read
+    again in smaller pages, so entering over a 5 MiB prefix still works."""
+    keys = await _fill(raw, etcd_prefix, 5, MiB)
+    host, _, port = etcd.endpoints[0].rpartition(":")
+    client = aetcd.Client(host=host, port=int(port), timeout=10)
+    try:
+        async with aioelect.Elector(client=client, prefix=etcd_prefix, ttl=5) as elector:
+            assert list(elector._mirror.view("big").kvs) == keys
+            assert [c.key for c in await elector.candidates("big")] == keys
+    finally:
+        await client.close()
+        await raw.txn([], [raw.op_delete(k) for k in keys])
