@@ -12,12 +12,10 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aetcd as _aetcd
-from aetcd import exceptions as _exceptions
 from aetcd import rpc as _rpc
 from aetcd import transactions as _transactions
 
 __all__ = (
-    "EXCEPTIONS",
     "BaseCompare",
     "Client",
     "ClientError",
@@ -167,13 +165,4 @@ OPERATIONS: tuple[type[Any], ...] = (
     _transactions.Get,
     _transactions.Delete,
     _transactions.Txn,
-)
-
-#: Every exception class aetcd defines (for the test that maps each of them).
-EXCEPTIONS: tuple[type[Exception], ...] = tuple(
-    obj
-    for obj in vars(_exceptions).values()
-    if isinstance(obj, type)
-    and issubclass(obj, Exception)
-    and obj.__module__ == _exceptions.__name__
 )

@@ -330,6 +330,7 @@ def classify(
             aetcd.WatchTimeoutError,
             aetcd.InternalError,
             TimeoutError,
+            asyncio.TimeoutError,  # not TimeoutError on Python 3.10
         ),
     ):
         return EtcdUnavailable(endpoints, _describe(exc))
@@ -349,7 +350,7 @@ def map_errors(
     """Turn aetcd and gRPC errors raised inside into aioelect's, chained (see :func:`classify`)."""
     try:
         yield
-    except (grpc.aio.AioRpcError, aetcd.ClientError, TimeoutError) as exc:
+    except (grpc.aio.AioRpcError, aetcd.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
         raise classify(exc, endpoints, size=size, limit=limit) from exc
     except asyncio.InvalidStateError as exc:  # a write to a stream that already ended
         raise EtcdUnavailable(endpoints, "stream already closed") from exc

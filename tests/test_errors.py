@@ -3,6 +3,7 @@ mapped to ours), and bad input refused before I/O: pure, no etcd."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from typing import Any
 
@@ -286,3 +287,11 @@ def test_candidate_size_against_the_request_limit() -> None:
     assert to_bytes(b"x" * (2 * MiB), limit=3 * MiB) == b"x" * (2 * MiB)
     with pytest.raises(ConfigError, match="at most"):
         to_bytes(b"x" * (MiB + 1))
+
+
+@pytest.mark.parametrize("exc_type", [TimeoutError, asyncio.TimeoutError])
+def test_a_local_timeout_is_an_unknown_outcome(exc_type: type[Exception]) -> None:
+    """A local timeout (builtin or asyncio's, distinct on Python 3.10) is EtcdUnavailable."""
+    with pytest.raises(EtcdUnavailable) as info, map_errors(EPS):
+        raise exc_type()
+    assert info.value.retryable
