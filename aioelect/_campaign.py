@@ -104,6 +104,12 @@ async def campaign(
                 log.debug("campaign for %r: key %r gone or session lost; again", name, key)
                 continue
             except EtcdError as exc:
+                if "requested lease not found" in str(exc):
+                    # Our session's lease is gone (revoked, or expired before the keepalive
+                    # noticed): the session is lost; campaign again on the next one.
+                    log.debug("campaign for %r: session lease %x gone", name, session.lease_id)
+                    session.mark_lost("lease not found (revoked or expired)")
+                    continue
                 if not exc.retryable:  # a retry cannot help: raised at once (key deleted)
                     raise
                 log.debug("campaign for %r: %s; retrying", name, exc)

@@ -310,3 +310,18 @@ async def test_a_callers_client_with_grpcs_default_receive_limit_enters_too(
     finally:
         await client.close()
         await raw.txn([], [raw.op_delete(k) for k in keys])
+
+
+async def test_a_campaign_on_a_revoked_session_lease_campaigns_again(
+    make_elector: ElectorFactory, raw: Connection
+) -> None:
+    """'lease not found' on a campaign's create means its session is lost (revoked before
+    the keepalive noticed), not a permanent error: it campaigns on a new session."""
+    elector = await make_elector(ttl=10)
+    old = elector.statistics().lease_id
+    assert old is not None
+    await raw.revoke(old)
+    with anyio.fail_after(10):
+        async with elector.hold("job", "a") as term:
+            assert term.lease_id != old
+    assert elector.statistics().sessions_granted == 2
