@@ -370,7 +370,11 @@ class Elector:
         if self._granting is None:
             self._granting = secrets.randbelow(2**63 - 1) + 1  # etcd's ids are int64 > 0
         sent = time.monotonic()
-        lease_id, ttl = await self._conn.grant(int(self._config.ttl), self._granting)
+        # Shielded (bounded by its own deadline): a grant cut short could still land in
+        # etcd after the revoke that follows a failed entry; one that ran to its end (or
+        # its deadline) is ahead of that revoke on the wire by a whole request timeout.
+        with anyio.CancelScope(shield=True):
+            lease_id, ttl = await self._conn.grant(int(self._config.ttl), self._granting)
         self._granting = None
         session = Session(self._conn, self._config, lease_id, ttl, sent)
         session.on_lost(lambda reason: self._end_terms(session, reason))
