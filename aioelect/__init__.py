@@ -18,6 +18,7 @@ from ._exceptions import LeadershipLost as LeadershipLost
 from ._exceptions import NoSuchCandidate as NoSuchCandidate
 from ._exceptions import NotLeader as NotLeader
 from ._exceptions import PermissionDenied as PermissionDenied
+from ._exceptions import RequestTooLarge as RequestTooLarge
 from ._health import Health as Health
 from ._health import health as health
 from ._leadership import Leadership as Leadership
@@ -50,6 +51,7 @@ __all__ = (
     "NoSuchCandidate",
     "NotLeader",
     "PermissionDenied",
+    "RequestTooLarge",
     "TLSConfig",
     "Term",
     "health",

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._connection import Connection
-from ._exceptions import ElectorClosed, EtcdError
+from ._exceptions import ElectorClosed, EtcdError, RequestTooLarge
 
 if TYPE_CHECKING:
     from ._mirror import Mirror
@@ -312,8 +312,7 @@ class Batcher:
 
 
 def _too_big(exc: EtcdError) -> bool:
-    text = str(exc)
-    return "too many operations" in text or "too large" in text
+    return isinstance(exc, RequestTooLarge) or "too many operations" in str(exc)
 
 
 def _answer(future: asyncio.Future[Any], exc: BaseException | None, result: Any = None) -> None:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._backoff import Backoff
+from ._config import check_candidate_size
 from ._connection import KV
 from ._exceptions import EtcdError, NotLeader
 from ._keys import candidate_key, election_prefix, prefix_range_end
@@ -62,9 +63,15 @@ async def campaign(
 
     Cancelling deletes the candidate key. Raises ElectorClosed when the
     elector closes meanwhile, and NotLeader (leaving no key) when ``wait`` is
-    False and another candidate comes first.
+    False and another candidate comes first. Retryable etcd errors are retried
+    with backoff; permanent ones (``EtcdError`` with ``retryable`` False, e.g.
+    ``RequestTooLarge``, ``PermissionDenied``) are raised at once, leaving no key.
+    A candidate whose requests would be over ``max_request_bytes`` raises
+    ConfigError before any I/O.
     """
     conn = elector._conn
+    # Refused before any I/O: a request etcd must refuse would fail every retry.
+    check_candidate_size(elector.prefix, name, value, elector._config.max_request_bytes)
     mirror = elector._mirror
     view = mirror.view(name)
     backoff: Backoff | None = None  # made on the first error
@@ -97,6 +104,14 @@ async def campaign(
                 log.debug("campaign for %r: key %r gone or session lost; again", name, key)
                 continue
             except EtcdError as exc:
+                if "requested lease not found" in str(exc):
+                    # Our session's lease is gone (revoked, or expired before the keepalive
+                    # noticed): the session is lost; campaign again on the next one.
+                    log.debug("campaign for %r: session lease %x gone", name, session.lease_id)
+                    session.mark_lost("lease not found (revoked or expired)")
+                    continue
+                if not exc.retryable:  # a retry cannot help: raised at once (key deleted)
+                    raise
                 log.debug("campaign for %r: %s; retrying", name, exc)
             # Inside the outer try: cancelled during the back-off, the key (which may
             # exist, e.g. written before a failed read) is deleted too.
@@ -150,7 +165,7 @@ async def _create_alone(elector: Elector, key: bytes, value: bytes, lease_id: in
 async def _reclaim(elector: Elector, name: str, value: bytes, lease_id: int) -> None:
     conn = elector._conn
     eprefix = election_prefix(elector.prefix, name)
-    for kv in (await conn.range(eprefix, prefix_range_end(eprefix))).kvs:
+    for kv in (await conn.range_all(eprefix, prefix_range_end(eprefix))).kvs:
         if kv.value == value and kv.lease != lease_id:
             log.info("reclaiming stale key %r of election %r", kv.key, name)
             await conn.txn([conn.cmp_create(kv.key, kv.create_revision)], [conn.op_delete(kv.key)])

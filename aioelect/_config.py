@@ -14,20 +14,91 @@ from typing import TypeAlias
 from ._exceptions import ConfigError
 
 __all__ = (
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "MAX_LEASE_TTL",
     "Duration",
     "ElectorConfig",
     "check_backoff",
+    "check_candidate_size",
+    "check_max_request_bytes",
     "check_name",
     "check_prefix",
     "duration",
     "to_bytes",
+    "value_limit",
 )
 
 Duration: TypeAlias = float | int | timedelta
 """A duration in seconds, or a :class:`datetime.timedelta`."""
 
-#: etcd's default maximum request size is 1.5 MiB; a value must leave room for the key.
-MAX_VALUE_BYTES = 1024 * 1024
+#: etcd's default --max-request-bytes (1.5 MiB): the largest request it accepts.
+DEFAULT_MAX_REQUEST_BYTES = 1_572_864
+#: The bounds aioelect accepts for max_request_bytes: etcd's gRPC server takes
+#: --max-request-bytes + 512 KiB, and gRPC's messages are below 2 GiB.
+MIN_MAX_REQUEST_BYTES = 4096
+MAX_MAX_REQUEST_BYTES = 2**31 - 1 - 512 * 1024
+#: etcd's MaxLeaseTTL: the longest lease TTL it grants, in seconds.
+MAX_LEASE_TTL = 9_000_000_000
+#: A candidate key is ``{prefix}/{name}/{lease id}``: "/", "/" and up to 16 hex digits.
+_KEY_EXTRA = 18
+#: What a request adds around the keys and value it carries (header, ops, lease), with room.
+_REQUEST_OVERHEAD = 256
+
+
+def value_limit(max_request_bytes: int) -> int:
+    """The largest candidate value: two thirds of the request limit (1 MiB of etcd's
+    default 1.5 MiB), leaving the rest for the key, which a request may carry thrice."""
+    return max_request_bytes * 2 // 3
+
+
+#: The largest value at etcd's default request limit (1 MiB).
+MAX_VALUE_BYTES = value_limit(DEFAULT_MAX_REQUEST_BYTES)
+
+
+def _encode(text: str, field: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        raise ConfigError(
+            field,
+            f"must be encodable as UTF-8 (no lone surrogates), got {text[:80]!r}: {exc.reason} "
+            f"at position {exc.start}",
+        ) from None
+
+
+def check_max_request_bytes(value: object) -> int:
+    """Validate ``max_request_bytes``: a whole number of bytes in etcd's range."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(
+            "max_request_bytes", f"must be an int (bytes), not {type(value).__name__}"
+        )
+    if not MIN_MAX_REQUEST_BYTES <= value <= MAX_MAX_REQUEST_BYTES:
+        raise ConfigError(
+            "max_request_bytes",
+            f"must be between {MIN_MAX_REQUEST_BYTES} and {MAX_MAX_REQUEST_BYTES} bytes "
+            f"(etcd's --max-request-bytes; its default is {DEFAULT_MAX_REQUEST_BYTES}), "
+            f"got {value}",
+        )
+    return value
+
+
+def check_candidate_size(
+    prefix: str, name: str, value: bytes, max_request_bytes: int, field: str = "value"
+) -> None:
+    """Refuse a candidate whose requests would be over etcd's request limit.
+
+    The largest request of a campaign carries the candidate key three times
+    (compare, put, get) and the value once.
+    """
+    key = len(prefix.encode()) + len(name.encode()) + _KEY_EXTRA
+    room = max_request_bytes - 3 * key - _REQUEST_OVERHEAD
+    if len(value) > room:
+        raise ConfigError(
+            field,
+            f"must be at most {max(0, room)} bytes with this prefix ({len(prefix.encode())} "
+            f"bytes) and name ({len(name.encode())} bytes) under max_request_bytes="
+            f"{max_request_bytes} (etcd's --max-request-bytes), got {len(value)}",
+        )
 
 
 def duration(field: str, value: object, *, allow_zero: bool = False) -> float:
@@ -35,7 +106,10 @@ def duration(field: str, value: object, *, allow_zero: bool = False) -> float:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ConfigError(field, "must be finite, got an int too large for a float") from None
     else:
         raise ConfigError(
             field, f"must be a number of seconds or a timedelta, not {type(value).__name__}"
@@ -67,29 +141,35 @@ def check_name(name: object, field: str = "name") -> str:
         raise ConfigError(field, "must not be empty")
     if "/" in name or "\x00" in name:
         raise ConfigError(field, f"must not contain '/' or NUL, got {name!r}")
-    if len(name.encode()) > 4096:
+    if len(_encode(name, field)) > 4096:
         raise ConfigError(field, "must be at most 4096 bytes in UTF-8")
     return name
 
 
-def to_bytes(value: object, field: str = "value") -> bytes:
-    """Validate a candidate value (str as UTF-8, or bytes) and return its bytes."""
+def to_bytes(value: object, field: str = "value", limit: int = MAX_VALUE_BYTES) -> bytes:
+    """Validate a candidate value (str as UTF-8, or bytes) and return its bytes.
+
+    ``limit``: the most bytes allowed (:func:`value_limit` of the request limit).
+    """
     if isinstance(value, str):
-        data = value.encode()
+        data = _encode(value, field)
     elif isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
     else:
         raise ConfigError(field, f"must be str or bytes, not {type(value).__name__}")
-    if len(data) > MAX_VALUE_BYTES:
+    if len(data) > limit:
         raise ConfigError(
             field,
-            f"must be at most {MAX_VALUE_BYTES} bytes (etcd's request limit), got {len(data)}",
+            f"must be at most {limit} bytes (two thirds of etcd's request limit, "
+            f"max_request_bytes), got {len(data)}",
         )
     return data
 
 
-def check_prefix(prefix: object) -> str:
-    """Validate the key prefix: a non-empty str without NUL that does not end in ``/``."""
+def check_prefix(prefix: object, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> str:
+    """Validate the key prefix: a non-empty str without NUL that does not end in ``/``,
+    encodable as UTF-8, and at most a quarter of ``max_request_bytes`` long (every
+    key starts with it, and a request may carry a key thrice and a value)."""
     if not isinstance(prefix, str):
         raise ConfigError("prefix", f"must be a str, not {type(prefix).__name__}")
     if not prefix:
@@ -98,6 +178,13 @@ def check_prefix(prefix: object) -> str:
         raise ConfigError("prefix", f"must not end with '/', got {prefix!r}")
     if "\x00" in prefix:
         raise ConfigError("prefix", "must not contain NUL")
+    size = len(_encode(prefix, "prefix"))
+    if size > max_request_bytes // 4:
+        raise ConfigError(
+            "prefix",
+            f"must be at most {max_request_bytes // 4} bytes in UTF-8 (a quarter of "
+            f"max_request_bytes={max_request_bytes}, etcd's --max-request-bytes), got {size}",
+        )
     return prefix
 
 
@@ -117,6 +204,8 @@ class ElectorConfig:
             so that a few renewals can fail before the term ends.
         request_timeout: deadline of each etcd request.
         connect_timeout: how long entering the elector may take.
+        max_request_bytes: the largest request etcd accepts (its
+            ``--max-request-bytes``); larger requests are refused before I/O.
     """
 
     ttl: float
@@ -124,6 +213,7 @@ class ElectorConfig:
     keepalive_interval: float
     request_timeout: float
     connect_timeout: float
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 
     @classmethod
     def build(
@@ -134,11 +224,16 @@ class ElectorConfig:
         keepalive_interval: object | None,
         request_timeout: object | None,
         connect_timeout: object,
+        max_request_bytes: object = DEFAULT_MAX_REQUEST_BYTES,
     ) -> ElectorConfig:
         """Validate the raw arguments and fill in the defaults derived from ``ttl``."""
         ttl_s = duration("ttl", ttl)
-        if ttl_s < 1 or ttl_s != int(ttl_s):
-            raise ConfigError("ttl", f"must be a whole number of seconds >= 1, got {ttl_s!r}")
+        if ttl_s < 1 or ttl_s != int(ttl_s) or ttl_s > MAX_LEASE_TTL:
+            raise ConfigError(
+                "ttl",
+                f"must be a whole number of seconds from 1 to {MAX_LEASE_TTL} (etcd's "
+                f"maximum lease TTL), got {ttl_s!r}",
+            )
         rd = ttl_s * 2 / 3 if renew_deadline is None else duration("renew_deadline", renew_deadline)
         if not rd < ttl_s:
             raise ConfigError(
@@ -166,4 +261,5 @@ class ElectorConfig:
             keepalive_interval=ka,
             request_timeout=rt,
             connect_timeout=ct,
+            max_request_bytes=check_max_request_bytes(max_request_bytes),
         )

@@ -12,30 +12,32 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import math
 import os
+import re
 import socket
 from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple, NoReturn, TypeAlias, TypeVar, Union
+from typing import Any, NamedTuple, TypeAlias, TypeVar, Union
 from urllib.parse import urlsplit
 
-import aetcd
 import anyio
 import anyio.lowlevel
 import grpc
 import grpc.aio
-from aetcd import rpc
-from aetcd import transactions as _tx
 
-from ._config import duration
+from . import _aetcd as aetcd
+from ._aetcd import rpc
+from ._config import DEFAULT_MAX_REQUEST_BYTES, duration
 from ._exceptions import (
     AuthenticationFailed,
     ConfigError,
     EtcdError,
     EtcdUnavailable,
     PermissionDenied,
+    RequestTooLarge,
 )
 
 __all__ = (
@@ -50,6 +52,8 @@ __all__ = (
     "parse_endpoints",
 )
 
+log = logging.getLogger("aioelect")
+
 T = TypeVar("T")
 StrPath: TypeAlias = Union[str, "os.PathLike[str]"]
 
@@ -60,15 +64,27 @@ StrPath: TypeAlias = Union[str, "os.PathLike[str]"]
 _KEEPALIVE_TIME_MS = 5000
 _KEEPALIVE_TIMEOUT_MS = 3000
 
-_UNAVAILABLE_CODES = frozenset(
+#: Codes after which a request's outcome is unknown (it may have been applied):
+#: etcd was not reached, did not answer in time, or was between leaders
+#: ("leader changed", "no leader", "request timed out" are UNAVAILABLE).
+#: INTERNAL is how grpc-core reports a broken HTTP/2 stream.
+_UNKNOWN_OUTCOME_CODES = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.CANCELLED,
         grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INTERNAL,
     }
 )
+
+#: gRPC's "message larger than max (SIZE vs. LIMIT)".
+_LARGER_THAN_MAX = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
+
+#: The receive limit of our own channel: none (-1). etcd's largest response is a
+#: range of many large values; ranges are paginated, but one page may still hold
+#: many values of up to --max-request-bytes each.
+MAX_RECEIVE_BYTES = -1
 
 
 @dataclass(frozen=True)
@@ -230,40 +246,112 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def _raise_mapped(exc: BaseException, endpoints: Sequence[str]) -> NoReturn:
+def _etcd_error(endpoints: Sequence[str], text: str, *, retryable: bool = False) -> EtcdError:
+    return EtcdError(f"etcd at {', '.join(endpoints)}: {text}", retryable=retryable)
+
+
+def _too_large(
+    endpoints: Sequence[str], text: str, size: int | None, limit: int | None
+) -> RequestTooLarge:
+    match = _LARGER_THAN_MAX.search(text)
+    if match is not None:  # gRPC's own limit, before etcd's: it names both sizes
+        size, limit = int(match.group(1)), int(match.group(2))
+    what = "a request" if size is None else f"a request of {size} bytes"
+    bound = "etcd's request limit" if limit is None else f"the limit of {limit} bytes"
+    return RequestTooLarge(
+        f"etcd at {', '.join(endpoints)} refused {what}: over {bound} "
+        f"(etcd's --max-request-bytes; nothing was applied) ({text})",
+        size=size,
+        limit=limit,
+    )
+
+
+def classify(
+    exc: BaseException,
+    endpoints: Sequence[str],
+    *,
+    size: int | None = None,
+    limit: int | None = None,
+) -> EtcdError:
+    """The aioelect error for an aetcd or gRPC error (or a local timeout).
+
+    One table, by what a retry can do (see ``_exceptions``): ``EtcdUnavailable``
+    when the outcome is unknown; ``RequestTooLarge``, ``AuthenticationFailed``,
+    ``PermissionDenied`` and permanent ``EtcdError`` when a retry cannot help;
+    a retryable ``EtcdError`` when etcd refused for now (too many requests, an
+    old auth revision, a compacted revision). ``size`` and ``limit`` describe
+    the request, for ``RequestTooLarge``.
+    """
     cause = exc.__cause__ if isinstance(exc, aetcd.ClientError) and exc.__cause__ else exc
     if isinstance(cause, grpc.aio.AioRpcError):
         code = cause.code()
         text = _describe(cause)
+        details = cause.details() or ""
         if code == grpc.StatusCode.UNAUTHENTICATED or (
             code == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in text
         ):
-            raise AuthenticationFailed(f"etcd at {', '.join(endpoints)}: {text}") from exc
+            return AuthenticationFailed(f"etcd at {', '.join(endpoints)}: {text}")
         if code == grpc.StatusCode.INVALID_ARGUMENT and "user name is empty" in text:
             # etcd has auth enabled and the request carried no token.
-            raise AuthenticationFailed(
+            return AuthenticationFailed(
                 f"etcd at {', '.join(endpoints)} requires authentication: "
                 f"give a username and password ({text})"
-            ) from exc
+            )
         if code == grpc.StatusCode.PERMISSION_DENIED:
-            raise PermissionDenied(f"etcd at {', '.join(endpoints)}: {text}") from exc
-        if code in _UNAVAILABLE_CODES:
-            raise EtcdUnavailable(endpoints, text) from exc
-        raise EtcdError(f"etcd at {', '.join(endpoints)}: {text}") from exc
-    if isinstance(exc, (aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError, TimeoutError)):
-        raise EtcdUnavailable(endpoints, _describe(exc)) from exc
+            return PermissionDenied(f"etcd at {', '.join(endpoints)}: {text}")
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "Received message larger" in details:
+            # grpc-core's receive limit (a caller's client: ours has none): a response
+            # too large. (etcd's Go server says "received", in lower case, of a request.)
+            return _etcd_error(endpoints, f"response over the client's receive limit: {text}")
+        if "request is too large" in details or (
+            # etcd's gRPC server refuses more than --max-request-bytes + 512 KiB itself
+            # ("grpc: received message larger than max"); grpc-core refuses to send
+            # more than its send limit ("Sent message larger than max").
+            code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in details
+        ):
+            return _too_large(endpoints, text, size, limit)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            # "too many requests" is retryable; "database space exceeded" needs an operator.
+            return _etcd_error(endpoints, text, retryable="space exceeded" not in details)
+        if code in _UNKNOWN_OUTCOME_CODES:
+            return EtcdUnavailable(endpoints, text)
+        if code == grpc.StatusCode.INVALID_ARGUMENT and "auth store is old" in details:
+            return _etcd_error(endpoints, text, retryable=True)  # re-read auth, retry
+        if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
+            return _etcd_error(endpoints, text, retryable=True)  # read again at a new revision
+        # INVALID_ARGUMENT, NOT_FOUND (lease not found), FAILED_PRECONDITION (lease
+        # exists), OUT_OF_RANGE (TTL too large, future revision), DATA_LOSS, ...
+        return _etcd_error(endpoints, text)
+    if isinstance(
+        exc,
+        (
+            aetcd.ConnectionFailedError,
+            aetcd.ConnectionTimeoutError,
+            aetcd.WatchTimeoutError,
+            aetcd.InternalError,
+            TimeoutError,
+            asyncio.TimeoutError,  # not TimeoutError on Python 3.10
+        ),
+    ):
+        return EtcdUnavailable(endpoints, _describe(exc))
     if isinstance(exc, aetcd.UnauthenticatedError):
-        raise AuthenticationFailed(f"etcd at {', '.join(endpoints)}: {exc}") from exc
-    raise EtcdError(f"etcd at {', '.join(endpoints)}: {_describe(exc)}") from exc
+        return AuthenticationFailed(f"etcd at {', '.join(endpoints)}: {_describe(exc)}")
+    if isinstance(exc, aetcd.InvalidArgumentError) and "request is too large" in str(exc):
+        return _too_large(endpoints, _describe(exc), size, limit)
+    if isinstance(exc, aetcd.RevisionCompactedError):
+        return _etcd_error(endpoints, _describe(exc), retryable=True)
+    return _etcd_error(endpoints, _describe(exc))
 
 
 @contextmanager
-def map_errors(endpoints: Sequence[str]) -> Iterator[None]:
-    """Turn aetcd and gRPC errors raised inside into aioelect's, chained."""
+def map_errors(
+    endpoints: Sequence[str], *, size: int | None = None, limit: int | None = None
+) -> Iterator[None]:
+    """Turn aetcd and gRPC errors raised inside into aioelect's, chained (see :func:`classify`)."""
     try:
         yield
-    except (grpc.aio.AioRpcError, aetcd.ClientError, TimeoutError) as exc:
-        _raise_mapped(exc, endpoints)
+    except (grpc.aio.AioRpcError, aetcd.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
+        raise classify(exc, endpoints, size=size, limit=limit) from exc
     except asyncio.InvalidStateError as exc:  # a write to a stream that already ended
         raise EtcdUnavailable(endpoints, "stream already closed") from exc
 
@@ -298,6 +386,10 @@ class _Client(aetcd.Client):  # type: ignore[misc]
             "grpc.min_reconnect_backoff_ms": 5000,
             "grpc.max_reconnect_backoff_ms": 1000,
             "grpc.enable_retries": 0,
+            # No client-side size limits: etcd enforces its own (--max-request-bytes),
+            # and a response may be larger than any one request (a range).
+            "grpc.max_receive_message_length": MAX_RECEIVE_BYTES,
+            "grpc.max_send_message_length": -1,
         }
         if tls is not None and (tls.server_name or authority):
             options["grpc.ssl_target_name_override"] = tls.server_name or authority
@@ -369,6 +461,8 @@ class KV(NamedTuple):
         return _tuple_new(cls, (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.lease))
 
 
+#: What a stream's read() returns at its end (missing from typeshed's grpc stubs).
+_EOF: object = grpc.aio.EOF  # pyright: ignore[reportAttributeAccessIssue]
 _tuple_new = tuple.__new__
 _PUT = rpc.Event.PUT
 
@@ -401,7 +495,7 @@ class KeepAliveStream:
         with map_errors(self._conn.endpoint_names):
             await grpc_await(self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id)))
             reply = await grpc_await(self._call.read())
-        if reply is grpc.aio.EOF:
+        if reply is _EOF:
             raise EtcdUnavailable(self._conn.endpoint_names, "keepalive stream closed by etcd")
         return int(reply.TTL)
 
@@ -439,7 +533,7 @@ class WatchStream:
                 self._started = True
                 await self._write(self._create)
             resp = await grpc_await(self._call.read())
-        if resp is grpc.aio.EOF:
+        if resp is _EOF:
             raise EtcdUnavailable(self._conn.endpoint_names, "watch stream closed by etcd")
         new, kv_type = _tuple_new, KV
         events = [
@@ -470,11 +564,22 @@ class WatchStream:
 
 @dataclass(frozen=True)
 class RangeResult:
-    """What a range request returned."""
+    """What a range request returned (``more``: the limit cut it short)."""
 
     revision: int
     kvs: list[KV]
     count: int
+    more: bool = False
+
+
+#: Keys per page of a paginated range read: the first page, and the most.
+FIRST_PAGE_KEYS = 100
+MAX_PAGE_KEYS = 1000
+#: The size a page aims at: later pages hold about this many bytes (never fewer
+#: than one key), whatever the values' size.
+PAGE_BYTES = 2 * 1024 * 1024
+#: A read whose revision is compacted between its pages starts over this many times.
+_RANGE_ATTEMPTS = 5
 
 
 class Connection:
@@ -485,11 +590,21 @@ class Connection:
     #: retrying); the keepalive and watch streams are not limited.
     MAX_IN_FLIGHT = 64
 
-    def __init__(self, client: Any, *, endpoint_names: Sequence[str], owned: bool, timeout: float):
-        self._client = client
+    def __init__(
+        self,
+        client: Any,
+        *,
+        endpoint_names: Sequence[str],
+        owned: bool,
+        timeout: float,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ):
+        self._client: aetcd.EtcdClient = client
         self.endpoint_names = tuple(endpoint_names)
         self.owned = owned
         self.timeout = timeout
+        #: Requests larger than this raise RequestTooLarge before they are sent.
+        self.max_request_bytes = max_request_bytes
         self._in_flight: anyio.Semaphore | None = None
 
     @classmethod
@@ -501,6 +616,7 @@ class Connection:
         username: str | None = None,
         password: str | None = None,
         timeout: float = 5.0,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> Connection:
         """Build (without I/O) a connection that owns a new client."""
         eps = parse_endpoints(endpoints)
@@ -530,17 +646,31 @@ class Connection:
             timeout=timeout,
             authority=eps[0].host if len(eps) > 1 else None,
         )
-        return cls(client, endpoint_names=[str(e) for e in eps], owned=True, timeout=timeout)
+        return cls(
+            client,
+            endpoint_names=[str(e) for e in eps],
+            owned=True,
+            timeout=timeout,
+            max_request_bytes=max_request_bytes,
+        )
 
     @classmethod
-    def wrap(cls, client: object, *, timeout: float) -> Connection:
+    def wrap(
+        cls, client: object, *, timeout: float, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    ) -> Connection:
         """Use a caller's ``aetcd.Client`` (never closed by us)."""
         if not isinstance(client, aetcd.Client):
             raise ConfigError("client", f"must be an aetcd.Client, not {type(client).__name__}")
         host = getattr(client, "_host", "?")
         port = getattr(client, "_port", "?")
         names = [getattr(client, "_aioelect_target", None) or f"{host}:{port}"]
-        return cls(client, endpoint_names=names, owned=False, timeout=timeout)
+        return cls(
+            client,
+            endpoint_names=names,
+            owned=False,
+            timeout=timeout,
+            max_request_bytes=max_request_bytes,
+        )
 
     @property
     def client(self) -> Any:
@@ -560,26 +690,43 @@ class Connection:
     def _t(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout
 
-    async def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
+    async def _unary(self, method: aetcd.UnaryMethod, request: Any, timeout: float | None) -> Any:
         if self._in_flight is None:
             self._in_flight = anyio.Semaphore(self.MAX_IN_FLIGHT)
         async with self._in_flight:
             return await self._unary_now(method, request, timeout)
 
-    async def _unary_now(self, method: Any, request: Any, timeout: float | None) -> Any:
-        with map_errors(self.endpoint_names):
+    def check_size(self, request: Any) -> int:
+        """Raise RequestTooLarge (before any I/O) if ``request`` is over the limit;
+        return its size in bytes."""
+        size = int(request.ByteSize())
+        if size > self.max_request_bytes:
+            raise RequestTooLarge(
+                f"a request of {size} bytes is over the limit of {self.max_request_bytes} "
+                "bytes (max_request_bytes: etcd's --max-request-bytes); nothing was sent",
+                size=size,
+                limit=self.max_request_bytes,
+            )
+        return size
+
+    async def _unary_now(
+        self, method: aetcd.UnaryMethod, request: Any, timeout: float | None
+    ) -> Any:
+        size = self.check_size(request)
+        with map_errors(self.endpoint_names, size=size, limit=self.max_request_bytes):
             try:
                 return await grpc_await(
                     method(request, timeout=self._t(timeout), metadata=self._client.metadata)
                 )
             except grpc.aio.AioRpcError as exc:
                 # Simple auth tokens expire (etcd --auth-token-ttl): log in again once.
+                client = self._client
                 if (
                     exc.code() == grpc.StatusCode.UNAUTHENTICATED
-                    and self._client._username is not None
-                    and isinstance(self._client, _Client)
+                    and client._username is not None
+                    and isinstance(client, _Client)
                 ):
-                    await grpc_await(self._client._authenticate())
+                    await grpc_await(client._authenticate())
                     return await grpc_await(
                         method(request, timeout=self._t(timeout), metadata=self._client.metadata)
                     )
@@ -602,16 +749,20 @@ class Connection:
         range_end: bytes = b"",
         *,
         limit: int = 0,
+        revision: int = 0,
         sort_create: str | None = None,
         max_create_revision: int = 0,
         keys_only: bool = False,
         timeout: float | None = None,
     ) -> RangeResult:
-        """A linearizable range read; ``sort_create`` is ``"ascend"``, ``"descend"`` or None."""
+        """A linearizable range read (at ``revision``, if not 0); ``sort_create`` is
+        ``"ascend"``, ``"descend"`` or None. Unpaginated: for a range that may hold
+        many keys, use :meth:`range_all`."""
         req = rpc.RangeRequest(
             key=key,
             range_end=range_end,
             limit=limit,
+            revision=revision,
             max_create_revision=max_create_revision,
             keys_only=keys_only,
         )
@@ -622,8 +773,62 @@ class Connection:
             )
         resp = await self._unary(self._client.kvstub.Range, req, timeout)
         return RangeResult(
-            int(resp.header.revision), [KV.from_pb(kv) for kv in resp.kvs], int(resp.count)
+            int(resp.header.revision),
+            [KV.from_pb(kv) for kv in resp.kvs],
+            int(resp.count),
+            bool(resp.more),
         )
+
+    async def range_all(
+        self, key: bytes, range_end: bytes, *, timeout: float | None = None
+    ) -> RangeResult:
+        """Every key of a range, in key order, read in pages at ONE revision.
+
+        The first page fixes the revision; each next page starts after the
+        last key read (``key + b"\\0"``) at that revision, so the pages form one
+        consistent snapshot, like a single read, however large the range. Pages
+        hold up to 1000 keys and about 2 MiB (fewer keys when values are large).
+        A page over the client's receive limit (a caller's client) is read
+        again in halves. If etcd compacts the revision between two pages, the
+        read starts over at a new one.
+        """
+        for attempt in range(_RANGE_ATTEMPTS):
+            try:
+                return await self._range_pages(key, range_end, timeout)
+            except EtcdError as exc:
+                if (
+                    not (exc.retryable and "compacted" in str(exc))
+                    or attempt + 1 == _RANGE_ATTEMPTS
+                ):
+                    raise
+                log.debug("range read of %r compacted between pages: %s; again", key, exc)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _range_pages(
+        self, key: bytes, range_end: bytes, timeout: float | None
+    ) -> RangeResult:
+        kvs: list[KV] = []
+        revision = 0
+        limit = FIRST_PAGE_KEYS
+        start = key
+        while True:
+            try:
+                page = await self.range(
+                    start, range_end, limit=limit, revision=revision, timeout=timeout
+                )
+            except EtcdError as exc:
+                if limit > 1 and "receive limit" in str(exc):
+                    limit //= 2
+                    continue
+                raise
+            if revision == 0:
+                revision = page.revision
+            kvs.extend(page.kvs)
+            if not page.more or not page.kvs:
+                return RangeResult(revision, kvs, len(kvs))
+            start = page.kvs[-1].key + b"\0"
+            size = sum(len(kv.key) + len(kv.value) for kv in page.kvs) // len(page.kvs)
+            limit = max(1, min(MAX_PAGE_KEYS, PAGE_BYTES // max(1, size + 32)))
 
     async def txn(
         self,
@@ -655,14 +860,42 @@ class Connection:
             put.lease = lease
         return await self._unary(self._client.kvstub.Txn, req, timeout)
 
-    async def grant(self, ttl: int, timeout: float | None = None) -> tuple[int, int]:
-        """Grant a lease; return its id and granted TTL."""
-        resp = await self._unary(
-            self._client.leasestub.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl, ID=0), timeout
-        )
+    async def grant(
+        self, ttl: int, lease_id: int = 0, timeout: float | None = None
+    ) -> tuple[int, int]:
+        """Grant a lease (of id ``lease_id``, if not 0); return its id and granted TTL.
+
+        With a ``lease_id`` chosen by the caller, a grant whose answer was lost
+        (a timeout) can be retried without granting a second lease: when the
+        lease already exists, its TTL is read instead (it is the caller's).
+        """
+        try:
+            resp = await self._unary(
+                self._client.leasestub.LeaseGrant,
+                rpc.LeaseGrantRequest(TTL=ttl, ID=lease_id),
+                timeout,
+            )
+        except EtcdError as exc:
+            if not lease_id or "lease already exists" not in str(exc):
+                raise
+            resp = await self._unary(
+                self._client.leasestub.LeaseTimeToLive,
+                rpc.LeaseTimeToLiveRequest(ID=lease_id),
+                timeout,
+            )
+            if int(resp.TTL) <= 0:  # it expired meanwhile: grant it again
+                return await self.grant(ttl, lease_id, timeout)
+            return lease_id, int(resp.grantedTTL)
         if resp.error:
             raise EtcdError(f"lease grant refused: {resp.error}")
         return int(resp.ID), int(resp.TTL)
+
+    async def leases(self, timeout: float | None = None) -> list[int]:
+        """The ids of every lease etcd holds (LeaseLeases)."""
+        resp = await self._unary(
+            self._client.leasestub.LeaseLeases, rpc.LeaseLeasesRequest(), timeout
+        )
+        return [int(lease.ID) for lease in resp.leases]
 
     async def revoke(self, lease_id: int, timeout: float | None = None) -> None:
         """Revoke a lease (deleting its keys); a lease already gone is not an error."""
@@ -767,9 +1000,8 @@ class Connection:
             raise ConfigError(
                 field, f"must be a list of aetcd operations, not {type(ops).__name__}"
             )
-        allowed = (_tx.Put, _tx.Get, _tx.Delete, _tx.Txn)
         for op in ops:
-            if not isinstance(op, allowed):
+            if not isinstance(op, aetcd.OPERATIONS):
                 raise ConfigError(
                     field,
                     "each operation must be client.transactions.put/get/delete/txn(...), "
@@ -793,7 +1025,7 @@ class Connection:
             )
         out = []
         for c in compares:
-            if not isinstance(c, _tx.BaseCompare):
+            if not isinstance(c, aetcd.BaseCompare):
                 raise ConfigError(
                     field,
                     "each compare must be like client.transactions.value(key) == value, "

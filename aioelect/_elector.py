@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
@@ -26,7 +27,13 @@ from typing_extensions import Self
 from ._backoff import Backoff
 from ._batch import Batcher
 from ._callbacks import ERROR_BACKOFF, OnElected, OnLeaderChange, OnSteppedDown
-from ._config import Duration, ElectorConfig, check_name, check_prefix
+from ._config import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    Duration,
+    ElectorConfig,
+    check_name,
+    check_prefix,
+)
 from ._connection import KV, Connection, TLSConfig
 from ._embedded import EmbeddedEtcd
 from ._exceptions import (
@@ -77,6 +84,11 @@ class Elector:
             with the system's CAs. ``https://`` endpoints imply TLS.
         username: etcd user, for etcd with auth enabled.
         password: that user's password (never logged or shown in reprs).
+        max_request_bytes: the largest request etcd accepts: its
+            ``--max-request-bytes`` (default 1,572,864, etcd's default). Larger
+            requests raise :class:`RequestTooLarge` before they are sent; values
+            may be two thirds of it, the prefix a quarter. Raise it only for an
+            etcd started with a larger ``--max-request-bytes``.
 
     Raises:
         ConfigError: an argument is invalid (raised here, before any I/O).
@@ -96,6 +108,7 @@ class Elector:
         tls: TLSConfig | bool | None = None,
         username: str | None = None,
         password: str | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self._config = ElectorConfig.build(
             ttl=ttl,
@@ -103,8 +116,9 @@ class Elector:
             keepalive_interval=keepalive_interval,
             request_timeout=request_timeout,
             connect_timeout=connect_timeout,
+            max_request_bytes=max_request_bytes,
         )
-        self.prefix = check_prefix(prefix)
+        self.prefix = check_prefix(prefix, self._config.max_request_bytes)
         self._embedded: EmbeddedEtcd | None = None
         timeout = self._config.request_timeout
         if client is not None:
@@ -112,7 +126,9 @@ class Elector:
                 raise ConfigError(
                     "client", "give either client or endpoints/tls/username, not both"
                 )
-            self._conn = Connection.wrap(client, timeout=timeout)
+            self._conn = Connection.wrap(
+                client, timeout=timeout, max_request_bytes=self._config.max_request_bytes
+            )
         else:
             if endpoints is None:
                 endpoints = os.environ.get("AIOELECT_ENDPOINTS") or None
@@ -123,7 +139,12 @@ class Elector:
                     "or use Elector.embedded()",
                 )
             self._conn = Connection.create(
-                endpoints, tls=tls, username=username, password=password, timeout=timeout
+                endpoints,
+                tls=tls,
+                username=username,
+                password=password,
+                timeout=timeout,
+                max_request_bytes=self._config.max_request_bytes,
             )
         self._root = (self.prefix + "/").encode()
         self._mirror = Mirror(self._conn, self._root)
@@ -134,6 +155,9 @@ class Elector:
         self._runner: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._session: Session | None = None
+        #: The id of the session lease being granted (chosen here: a grant whose
+        #: answer was lost is retried, or revoked, by this id instead of leaking).
+        self._granting: int | None = None
         self._session_changed = anyio.Event()
         self._busy: set[str] = set()
         self._terms: set[Term] = set()
@@ -203,7 +227,9 @@ class Elector:
             if self._embedded is not None:
                 await self._embedded.__aenter__()
                 self._conn = Connection.create(
-                    self._embedded.endpoint, timeout=self._config.request_timeout
+                    self._embedded.endpoint,
+                    timeout=self._config.request_timeout,
+                    max_request_bytes=self._config.max_request_bytes,
                 )
                 self._mirror = Mirror(self._conn, self._root)
                 self._batcher = Batcher(self._conn, barrier_key=self._root, mirror=self._mirror)
@@ -216,23 +242,36 @@ class Elector:
         return self
 
     async def _open(self) -> None:
+        """Connect, grant the session lease, load the mirror; retry what a retry can fix.
+
+        Every attempt grants the SAME lease id (one lease however many attempts),
+        and a failed or cancelled entry revokes it (``_teardown``): no lease is
+        left behind. Permanent errors (auth, permission, too large) are raised
+        at once.
+        """
         cfg = self._config
         deadline = time.monotonic() + cfg.connect_timeout
         backoff = Backoff(initial=0.05, cap=1.0)
-        last: EtcdUnavailable | None = None
+        last: EtcdError | None = None
         with anyio.move_on_after(cfg.connect_timeout):
             while True:
                 try:
                     await self._conn.connect()
-                    await self._grant()
+                    if self._session is None:
+                        await self._grant()
                     await self._mirror.load()
                     break
-                except EtcdUnavailable as exc:
+                except EtcdError as exc:
+                    if not exc.retryable:
+                        raise
                     last = exc
                     log.debug("connecting to etcd: %s", exc)
                     await anyio.sleep(min(backoff.next(), max(0.0, deadline - time.monotonic())))
         if self._session is None or self._mirror.revision == 0:
-            cause = last.cause if last is not None else "timed out"
+            if isinstance(last, EtcdUnavailable):
+                cause = last.cause
+            else:
+                cause = str(last) if last is not None else "timed out"
             raise EtcdUnavailable(
                 self._conn.endpoint_names, f"not ready within {cfg.connect_timeout:g} s: {cause}"
             ) from last
@@ -280,18 +319,22 @@ class Elector:
     async def _teardown(self) -> None:
         """End terms, revoke the lease, stop the tasks, close what we opened (all shielded)."""
         session = self._session
+        # A lease being granted (its answer lost, or the grant cancelled) may exist too.
+        lease_ids = [session.lease_id] if session is not None else []
+        if self._granting is not None:
+            lease_ids.append(self._granting)
         with anyio.CancelScope(shield=True):
             if session is not None:
                 session.mark_lost("elector closed")
             for observer in list(self._observers):
                 observer.close()
             self._session_changed.set()
-            if session is not None:
+            for lease_id in lease_ids:
                 with anyio.move_on_after(self._config.request_timeout):
                     try:
-                        await self._conn.revoke(session.lease_id)
+                        await self._conn.revoke(lease_id)
                     except EtcdError as exc:
-                        log.warning("could not revoke lease %x on exit: %s", session.lease_id, exc)
+                        log.warning("could not revoke lease %x on exit: %s", lease_id, exc)
         with anyio.CancelScope(shield=True):
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
@@ -324,8 +367,17 @@ class Elector:
     # -- sessions --------------------------------------------------------------------
 
     async def _grant(self) -> Session:
+        """Grant a session lease: of the id in ``_granting`` (chosen if None), so that
+        a retry after a lost answer grants no second lease."""
+        if self._granting is None:
+            self._granting = secrets.randbelow(2**63 - 1) + 1  # etcd's ids are int64 > 0
         sent = time.monotonic()
-        lease_id, ttl = await self._conn.grant(int(self._config.ttl))
+        # Shielded (bounded by its own deadline): a grant cut short could still land in
+        # etcd after the revoke that follows a failed entry; one that ran to its end (or
+        # its deadline) is ahead of that revoke on the wire by a whole request timeout.
+        with anyio.CancelScope(shield=True):
+            lease_id, ttl = await self._conn.grant(int(self._config.ttl), self._granting)
+        self._granting = None
         session = Session(self._conn, self._config, lease_id, ttl, sent)
         session.on_lost(lambda reason: self._end_terms(session, reason))
         self._session = session
@@ -430,8 +482,13 @@ class Elector:
         Raises:
             LeadershipLost: the term ended before the block did.
             NotLeader: ``wait=False`` and another candidate came first.
-            ConfigError: bad name or value, or this elector already campaigns
-                in this election.
+            ConfigError: bad name or value (also: a key and value over etcd's
+                request limit, ``max_request_bytes``), or this elector already
+                campaigns in this election. Raised before any I/O.
+            EtcdError: a permanent error (``retryable`` False: e.g.
+                ``RequestTooLarge`` from an etcd with a smaller limit than
+                ``max_request_bytes``, ``PermissionDenied``), raised at once and
+                leaving no key. Retryable errors are retried while waiting.
             ElectorClosed: the elector is not open.
         """
         return HoldBlock(self, name, value, wait)
@@ -535,14 +592,19 @@ class Elector:
         return leader_info(name, first)
 
     async def candidates(self, name: str) -> list[CandidateInfo]:
-        """Return the live candidates of election ``name`` in election order, leader first."""
+        """Return the live candidates of election ``name`` in election order, leader first.
+
+        One consistent snapshot, read in pages (any number of candidates and values
+        up to etcd's limit); cancelling it leaves nothing behind.
+        """
         self._check_usable()
         name = check_name(name)
         eprefix = election_prefix(self.prefix, name)
-        result = await self._conn.range(eprefix, prefix_range_end(eprefix), sort_create="ascend")
-        return [
-            CandidateInfo(name, kv.key, kv.value, kv.create_revision, kv.lease) for kv in result.kvs
-        ]
+        # Paginated, in key order (one snapshot); election order is by create revision,
+        # then key (keys written by one transaction share it), as the mirror orders them.
+        result = await self._conn.range_all(eprefix, prefix_range_end(eprefix))
+        kvs = sorted(result.kvs, key=lambda kv: (kv.create_revision, kv.key))
+        return [CandidateInfo(name, kv.key, kv.value, kv.create_revision, kv.lease) for kv in kvs]
 
     def observe(self, name: str) -> AbstractAsyncContextManager[AsyncIterator[LeaderInfo | None]]:
         """Follow the leader of election ``name``.

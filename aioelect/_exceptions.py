@@ -8,14 +8,22 @@
     ├── NoSuchCandidate            transfer target: no live candidate has that value
     ├── ElectorClosed              the elector was closed (or never entered)
     ├── ConfigError (ValueError)   bad argument: fix the call; names the field and what is allowed
-    └── EtcdError                  etcd refused or failed a request
-        ├── EtcdUnavailable        etcd could not be reached in time: retry later
+    └── EtcdError                  etcd refused or failed a request (``retryable`` says
+        │                          whether the same request may succeed later)
+        ├── EtcdUnavailable        not reached in time, outcome unknown: retry later
         ├── AuthenticationFailed   wrong user name or password
-        └── PermissionDenied       the etcd user lacks a permission (RBAC)
+        ├── PermissionDenied       the etcd user lacks a permission (RBAC)
+        └── RequestTooLarge        a request over etcd's --max-request-bytes: never retried
 
 Errors of aetcd and gRPC are turned into these in one place
 (``aioelect._connection.map_errors``), chained with ``raise ... from``.
 Cancellation is never wrapped.
+
+Retryable errors (``EtcdUnavailable``; an ``EtcdError`` whose ``retryable``
+is True, e.g. etcd's "too many requests") are retried with backoff inside the
+campaign, keepalive and watch loops. Every other ``EtcdError`` is permanent:
+a retry of the same request cannot help, so it is raised at once from the
+call that caused it.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ __all__ = (
     "NoSuchCandidate",
     "NotLeader",
     "PermissionDenied",
+    "RequestTooLarge",
 )
 
 
@@ -76,15 +85,29 @@ class ConfigError(AioelectError, ValueError):
 
 
 class EtcdError(AioelectError):
-    """etcd refused or failed a request."""
+    """etcd refused or failed a request.
+
+    ``retryable`` is True when the same request may succeed later (etcd was
+    busy, unreachable, or between leaders); False when it cannot (an invalid
+    or too large request, a missing permission, bad credentials).
+    """
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
 
 
 class EtcdUnavailable(EtcdError):
-    """etcd could not be reached in time.
+    """etcd could not be reached in time: the request may or may not have been applied.
 
     ``endpoints`` are the endpoints that were tried and ``cause`` says why
     (the gRPC status and its details, or a local timeout).
     """
+
+    retryable = True
 
     def __init__(self, endpoints: Sequence[str], cause: str) -> None:
         eps = ", ".join(endpoints) if endpoints else "(unknown endpoints)"
@@ -99,3 +122,19 @@ class AuthenticationFailed(EtcdError):
 
 class PermissionDenied(EtcdError):
     """The etcd user is not allowed to touch a key aioelect needed."""
+
+
+class RequestTooLarge(EtcdError):
+    """A request is larger than etcd accepts (its ``--max-request-bytes``).
+
+    Nothing was applied, and the same request can never succeed: it is not
+    retried. ``size`` is the request's size in bytes and ``limit`` the limit
+    it exceeded (either None when etcd did not say). Raised before any I/O
+    when the request is over the Elector's ``max_request_bytes``; raise that
+    option only for an etcd started with a larger ``--max-request-bytes``.
+    """
+
+    def __init__(self, message: str, *, size: int | None = None, limit: int | None = None) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit

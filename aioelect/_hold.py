@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._campaign import campaign
-from ._config import check_name, to_bytes
+from ._config import check_candidate_size, check_name, to_bytes, value_limit
 from ._exceptions import ConfigError, LeadershipLost
 from ._mirror import leader_info
 from ._observe import Observer
@@ -45,7 +45,8 @@ class HoldBlock:
             raise ConfigError("hold", "this hold() block is already in use; call hold() again")
         elector._check_usable()
         name = self._name = check_name(self._name)
-        data = to_bytes(self._value)
+        data = to_bytes(self._value, limit=value_limit(elector._config.max_request_bytes))
+        check_candidate_size(elector.prefix, name, data, elector._config.max_request_bytes)
         if not isinstance(self._wait, bool):
             raise ConfigError("wait", f"must be True or False, not {self._wait!r}")
         if name in elector._busy:

@@ -44,7 +44,14 @@ import anyio
 from ._backoff import Backoff
 from ._callbacks import ERROR_BACKOFF, Callbacks, OnElected, OnLeaderChange, OnSteppedDown
 from ._campaign import campaign as run_campaign
-from ._config import Duration, check_backoff, check_name, to_bytes
+from ._config import (
+    Duration,
+    check_backoff,
+    check_candidate_size,
+    check_name,
+    to_bytes,
+    value_limit,
+)
 from ._connection import KV
 from ._exceptions import AioelectError, ConfigError, NotLeader
 from ._lease import LeaderLease
@@ -87,7 +94,9 @@ class Leadership:
     ) -> None:
         self._elector = elector
         self.name = check_name(name)
-        self.value = to_bytes(value)
+        limit = elector._config.max_request_bytes
+        self.value = to_bytes(value, limit=value_limit(limit))
+        check_candidate_size(elector.prefix, self.name, self.value, limit)
         if node_name is not None and not isinstance(node_name, str):
             raise ConfigError("node_name", f"must be a str or None, not {type(node_name).__name__}")
         for field, flag in (

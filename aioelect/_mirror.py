@@ -287,9 +287,14 @@ class Mirror:
         return view
 
     async def load(self) -> None:
-        """Read the whole range and make the mirror match it (a resync)."""
+        """Read the whole range and make the mirror match it (a resync).
+
+        The range is read in pages at one revision (:meth:`Connection.range_all`),
+        so the mirror still jumps from one consistent snapshot to the next.
+        """
         self.epoch += 1
-        result = await self._conn.range(self.root, self._range_end)
+        # Paginated at one revision: the pages are one snapshot, as one read would be.
+        result = await self._conn.range_all(self.root, self._range_end)
         fresh: dict[bytes, KV] = {kv.key: kv for kv in result.kvs}
         touched: set[ElectionView] = set()
         for view in list(self.views.values()):
@@ -424,7 +429,14 @@ class Mirror:
                 try:
                     await self.load()
                 except EtcdError as exc:
-                    log.debug("resync of %r failed: %s; retrying", self.root, exc)
+                    # Nobody called this: retry whatever the error, but say so if a
+                    # retry cannot help by itself (e.g. a permission was revoked).
+                    log.log(
+                        logging.DEBUG if exc.retryable else logging.WARNING,
+                        "resync of %r failed: %s; retrying",
+                        self.root,
+                        exc,
+                    )
                     await anyio.sleep(backoff.next())
                     continue
                 self.resyncs += 1

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._backoff import Backoff
-from ._config import to_bytes
+from ._config import check_candidate_size, to_bytes, value_limit
 from ._connection import KV
 from ._exceptions import EtcdError, NoSuchCandidate, NotLeader
 from ._few import Few, add, each, remove
@@ -236,9 +236,13 @@ class Term:
 
         Raises:
             NotLeader: the term no longer leads (nothing is written).
+            ConfigError: the value is not str or bytes, or too large for etcd's
+                request limit (``max_request_bytes``); nothing is sent.
             EtcdUnavailable: etcd did not answer; the value may or may not be set.
         """
-        data = to_bytes(value)
+        limit = self._elector._config.max_request_bytes
+        data = to_bytes(value, limit=value_limit(limit))
+        check_candidate_size(self._elector.prefix, self.name, data, limit)
         self._check_valid()
         conn = self._elector._conn
         self._own_values = (*self._own_values, data)
@@ -267,6 +271,8 @@ class Term:
                 refused the guard (nothing was applied).
             EtcdUnavailable: etcd did not answer in time; the transaction may
                 or may not have been applied.
+            RequestTooLarge: the transaction is over etcd's request limit
+                (``max_request_bytes``, or etcd's own); nothing was applied.
         """
         conn = self._elector._conn
         inner = conn.txn_request(
@@ -287,11 +293,11 @@ class Term:
         Raises:
             NoSuchCandidate: no live candidate has that value.
         """
-        data = to_bytes(value)
+        data = to_bytes(value, limit=value_limit(self._elector._config.max_request_bytes))
         conn = self._elector._conn
         eprefix = election_prefix(self._elector.prefix, self.name)
-        result = await conn.range(eprefix, prefix_range_end(eprefix), sort_create="ascend")
-        for kv in result.kvs:
+        result = await conn.range_all(eprefix, prefix_range_end(eprefix))  # paginated
+        for kv in sorted(result.kvs, key=lambda kv: (kv.create_revision, kv.key)):
             if kv.value == data and kv.key != self.key:
                 return kv
         raise NoSuchCandidate(f"no live candidate of election {self.name!r} has value {data!r}")

@@ -206,7 +206,7 @@ async def test_a_win_after_the_watch_restarted_is_confirmed_by_a_read(
     async def read(ops: object) -> object:
         reads.append(1)
         if case == "read failed" and len(reads) == 1:
-            raise aioelect.EtcdError("the confirming read failed")
+            raise aioelect.EtcdError("the confirming read failed", retryable=True)
         return await original_read(ops)  # type: ignore[arg-type]
 
     async def waiter() -> None:
@@ -350,7 +350,7 @@ async def test_cancel_during_the_back_off_after_an_error_leaves_no_key(
 
     async def failing_wait_turn(*args: object, **kwargs: object) -> None:
         failed.set()
-        raise aioelect.EtcdError("a read failed")
+        raise aioelect.EtcdError("a read failed", retryable=True)
 
     monkeypatch.setattr(_campaign, "_wait_turn", failing_wait_turn)
     async with anyio.create_task_group() as tg:

@@ -67,3 +67,18 @@ def construction() -> list[aioelect.Elector]:
         ),
         aioelect.Elector.embedded(ttl=1, election_timeout=0.1),
     ]
+
+
+async def errors(elector: aioelect.Elector) -> str:
+    try:
+        async with elector.hold("scheduler", b"x" * 1024):
+            pass
+    except aioelect.RequestTooLarge as exc:
+        size: int | None = exc.size
+        limit: int | None = exc.limit
+        return f"{size} > {limit}"
+    except aioelect.EtcdError as exc:
+        retry: bool = exc.retryable
+        return str(retry)
+    big = aioelect.Elector(endpoints="127.0.0.1:2379", max_request_bytes=8 * 1024 * 1024)
+    return str(big.config.max_request_bytes)
