@@ -21,11 +21,16 @@ from ._exceptions import PermissionDenied as PermissionDenied
 from ._exceptions import RequestTooLarge as RequestTooLarge
 from ._health import Health as Health
 from ._health import health as health
+from ._identity import node_identity as node_identity
+from ._jobs import LeaderOnly as LeaderOnly
+from ._jobs import LeaderOnlyStatistics as LeaderOnlyStatistics
+from ._jobs import leader_only as leader_only
 from ._leadership import Leadership as Leadership
 from ._lease import LeaderLease as LeaderLease
 from ._models import CandidateInfo as CandidateInfo
 from ._models import ElectorStatistics as ElectorStatistics
 from ._models import LeaderInfo as LeaderInfo
+from ._runner import LeadershipRunner as LeadershipRunner
 from ._term import Term as Term
 
 __version__ = "0.1.0.dev0"
@@ -46,8 +51,11 @@ __all__ = (
     "Health",
     "LeaderInfo",
     "LeaderLease",
+    "LeaderOnly",
+    "LeaderOnlyStatistics",
     "Leadership",
     "LeadershipLost",
+    "LeadershipRunner",
     "NoSuchCandidate",
     "NotLeader",
     "PermissionDenied",
@@ -55,4 +63,6 @@ __all__ = (
     "TLSConfig",
     "Term",
     "health",
+    "leader_only",
+    "node_identity",
 )
