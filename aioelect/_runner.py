@@ -28,6 +28,7 @@ from typing_extensions import Self
 
 from ._backoff import Backoff
 from ._config import Duration, check_name, duration, to_bytes
+from ._connection import KV
 from ._elector import Elector
 from ._exceptions import AioelectError, ConfigError, ElectorClosed, NoSuchCandidate, NotLeader
 from ._identity import node_identity
@@ -82,11 +83,15 @@ class LeadershipRunner:
             is elected.
         graceful_leave: on exit, hand leadership over to the youngest live
             candidate instead of resigning to the next in line (default True).
-        leave_wait: on exit, how long the leader keeps leading while no
-            other candidate is alive, waiting for one to hand over to (e.g.
-            the new worker of a rolling reload that has not campaigned yet).
-            Default 0: resign at once when alone. Each second of it delays
-            the shutdown of the last process of a full stop.
+        leave_wait: on exit, how long the leader keeps leading while it
+            waits for a candidate that campaigns after it began to leave (the
+            new worker of a rolling reload that is still starting, rather
+            than an old one that is leaving too); then it hands over to the
+            youngest live candidate, or resigns when alone. Default 0: hand
+            over at once. On a ``gunicorn`` reload, about the time a new
+            worker takes to start (e.g. 3 s) leaves no vacancy at all; it
+            also delays by that much the exit of a leader with no successor
+            to come (a full stop, a single replica).
 
     Raises:
         ConfigError: a bad argument (at construction).
@@ -232,27 +237,29 @@ class LeadershipRunner:
             await self._user_stepped_down(term)
 
     async def _hand_over(self, leadership: Leadership) -> None:
-        """Transfer to the youngest live candidate, waiting up to ``leave_wait`` for one."""
+        """Transfer to the youngest live candidate, preferring one that campaigned after we
+        began to leave (waiting up to ``leave_wait`` for it)."""
         term = leadership.term
         if term is None:
             return
+        # The elector's mirror of the election (local, kept current by its watch).
+        view = self._elector._mirror.view(self.name)
+
+        def others() -> list[KV]:
+            return [kv for kv in view.kvs.values() if kv.lease != term.lease_id]
+
+        began = max((kv.create_revision for kv in view.kvs.values()), default=0)
         deadline = time.monotonic() + self.leave_wait
-        while True:
-            try:
-                others = [
-                    c
-                    for c in await self._elector.candidates(self.name)
-                    if c.lease_id != term.lease_id
-                ]
-            except AioelectError as exc:
-                log.warning("leaving %r: could not list candidates (%s)", self.name, exc)
-                return
-            if others or time.monotonic() >= deadline or not term.is_valid:
+        newcomers: list[KV] = []
+        while term.is_valid:
+            newcomers = [kv for kv in others() if kv.create_revision > began]
+            if newcomers or time.monotonic() >= deadline:
                 break
-            await anyio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-        if not others or not term.is_valid:
+            await anyio.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+        candidates = newcomers or others()
+        if not candidates or not term.is_valid:
             return
-        youngest = max(others, key=lambda c: c.token)
+        youngest = max(candidates, key=lambda kv: kv.create_revision)
         try:
             await leadership.change_leader_to(youngest.value)
             log.info(

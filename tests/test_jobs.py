@@ -301,8 +301,29 @@ async def test_graceful_leave_hands_over_to_the_youngest_candidate(
                 await r1.__aexit__(None, None, None)
                 term = await lead(r3)
                 assert r2.term is None
+                # 'old', queued before the target, moves to the back (delete, create).
+                await eventually(lambda: _count(e1, 2), what="old queued again")
                 names = [c.value for c in await e1.candidates("jobs")]
                 assert names == [b"new", b"old"]
                 await r2.__aexit__(None, None, None)
                 assert [c.value for c in await e1.candidates("jobs")] == [b"new"]
                 assert term.is_valid
+
+
+async def test_leave_wait_waits_for_a_newcomer(make_elector: ElectorFactory) -> None:
+    """With leave_wait, a leaving leader waits for a candidate that campaigns after it began
+    to leave (a new worker) rather than handing over to one that was already there."""
+    e1, e2, e3 = await make_elector(), await make_elector(), await make_elector()
+    r1 = aioelect.LeadershipRunner(e1, "jobs", "leader", leave_wait=30)
+    async with r1:
+        await lead(r1)
+        async with aioelect.LeadershipRunner(e2, "jobs", "old") as r2:
+            await eventually(lambda: _count(e1, 2), what="old queued")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(r1.__aexit__, None, None, None)
+                await anyio.wait_all_tasks_blocked()
+                assert r1.is_leader  # waiting for a newcomer meanwhile
+                async with aioelect.LeadershipRunner(e3, "jobs", "new") as r3:
+                    term = await lead(r3)
+                    assert r2.term is None
+                    assert term.value == b"new"
