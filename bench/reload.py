@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -116,7 +117,7 @@ async def run_config(
                     await asyncio.sleep(0.05)
                 window = [changes[start - 1], *changes[start:]]
                 vacancy = 0.0
-                for (t0, leader), (t1, _) in zip(window, window[1:], strict=False):
+                for (t0, leader), (t1, _) in itertools.pairwise(window):
                     if leader is None:
                         vacancy += t1 - t0
                 leaders = [p for _, p in window[1:] if p is not None]

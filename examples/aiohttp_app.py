@@ -1,12 +1,16 @@
 """An aiohttp service whose background job runs on the elected leader only.
 
 The same service as ``fastapi_app.py``, on aiohttp: a ``cleanup_ctx`` enters
-the :class:`aioelect.Elector` for the app's lifetime, and a background task
-campaigns with ``elector.hold()`` in a loop (the block style)::
+the :class:`aioelect.Elector` and an :class:`aioelect.LeadershipRunner` for the
+app's lifetime::
 
-    while True:
-        async with elector.hold(election, node) as term:   # wait to be elected
-            await job.run(term)                             # cancelled when the term ends
+    async with aioelect.Elector(...) as elector:
+        async with aioelect.LeadershipRunner(elector, election, on_elected=job.run):
+            yield   # the job runs while this copy leads, cancelled when the term ends
+
+The runner campaigns in the background, restarts the campaign if it fails
+(logged, never taking the server down), and on shutdown hands leadership
+over to the youngest other copy.
 
 Run two copies against one etcd::
 
@@ -23,7 +27,8 @@ Settings (option / environment variable, default):
     ``--endpoints`` / ``AIOELECT_ENDPOINTS`` (required),
     ``--prefix`` / ``AIOELECT_PREFIX`` (``/aioelect-examples``),
     ``--election`` / ``AIOELECT_ELECTION`` (``counter``),
-    ``--node-name`` / ``NODE_NAME`` (``{hostname}-{pid}``),
+    ``--node-name`` / ``NODE_NAME`` (:func:`aioelect.node_identity`,
+    ``{hostname}-{pid}``, computed when the campaign starts),
     ``--ttl`` / ``AIOELECT_TTL`` (10 s).
 
 Needs ``pip install 'aioelect[examples]'``.
@@ -35,7 +40,6 @@ import argparse
 import asyncio
 import logging
 import os
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +59,7 @@ class Settings:
     endpoints: str | None
     prefix: str
     election: str
-    node: str
+    node: str | None
     ttl: int
 
     @classmethod
@@ -65,7 +69,7 @@ class Settings:
             endpoints=os.environ.get("AIOELECT_ENDPOINTS"),
             prefix=os.environ.get("AIOELECT_PREFIX", "/aioelect-examples"),
             election=os.environ.get("AIOELECT_ELECTION", "counter"),
-            node=os.environ.get("NODE_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+            node=os.environ.get("NODE_NAME") or None,  # None: aioelect.node_identity()
             ttl=int(os.environ.get("AIOELECT_TTL", "10")),
         )
 
@@ -75,7 +79,7 @@ class CounterJob:
 
     def __init__(self, elector: aioelect.Elector, settings: Settings) -> None:
         self.elector = elector
-        self.node = settings.node
+        self.node = settings.node or aioelect.node_identity()  # in the worker, not at import
         base = f"{settings.prefix}-data/{settings.election}"
         self.counter_key = f"{base}/counter".encode()
         self.writer_key = f"{base}/writer".encode()
@@ -86,6 +90,7 @@ class CounterJob:
         """Count while ``term`` leads; return if a write finds the term ended."""
         tx = self.elector.client.transactions
         count: int | None = None
+        log.info("elected (token %d)", term.token)
         self.running = True
         try:
             while True:
@@ -117,41 +122,36 @@ ELECTOR = web.AppKey("elector", aioelect.Elector)
 JOB = web.AppKey("job", CounterJob)
 
 
-async def lead_forever(elector: aioelect.Elector, settings: Settings, job: CounterJob) -> None:
-    """Campaign, run the job while leading, and campaign again, until cancelled."""
-    while True:
-        try:
-            async with elector.hold(settings.election, settings.node) as term:
-                log.info("elected (token %d)", term.token)
-                await job.run(term)
-        except aioelect.LeadershipLost as exc:
-            # The lease was not renewed in time, or the key was deleted: the
-            # job was cancelled. Campaign again (at the back of the queue).
-            log.warning("%s; campaigning again", exc)
+RUNNER = web.AppKey("runner", aioelect.LeadershipRunner)
+
+
+def configure_logging() -> None:
+    """Show aioelect's INFO lines (terms won and lost), whatever runs the app."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s pid=%(process)d %(name)s %(message)s"))
+    for name in ("aioelect", log.name):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
 
 
 async def elector_ctx(app: web.Application) -> AsyncIterator[None]:
     """The app's cleanup context: the elector and the campaign live as long as the app."""
+    configure_logging()
     settings = app[SETTINGS]
     async with aioelect.Elector(
         endpoints=settings.endpoints, prefix=settings.prefix, ttl=settings.ttl
     ) as elector:
         job = CounterJob(elector, settings)
-        app[ELECTOR], app[JOB] = elector, job
-        task = asyncio.create_task(lead_forever(elector, settings, job), name="lead")
-        task.add_done_callback(log_failure)
-        log.info("node %s campaigns in %r", settings.node, settings.election)
-        yield
-        # On shutdown: cancelling the block resigns at once (the next copy
-        # takes over now); leaving the elector revokes its session lease.
-        task.cancel()
-        await asyncio.wait([task])
-
-
-def log_failure(task: asyncio.Task[None]) -> None:
-    """Log the campaign task's error, if it failed (this copy then never leads again)."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("the campaign task failed", exc_info=task.exception())
+        async with aioelect.LeadershipRunner(
+            elector, settings.election, job.node, on_elected=job.run
+        ) as runner:
+            app[ELECTOR], app[JOB], app[RUNNER] = elector, job, runner
+            yield
+        # On shutdown the runner handed leadership over to the youngest other copy
+        # (or resigned): it takes over now. Leaving the elector revoked its lease.
 
 
 def leader_dict(info: aioelect.LeaderInfo | None) -> dict[str, Any] | None:
@@ -176,12 +176,12 @@ async def get_leader(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     """This copy's state; status 503 while its etcd session is not live."""
     app = request.app
-    settings, job = app[SETTINGS], app[JOB]
-    report = health(app[ELECTOR])
+    settings, job, runner = app[SETTINGS], app[JOB], app[RUNNER]
+    report = health(app[ELECTOR], runner.leadership)
     body = {
-        "node": settings.node,
+        "node": job.node,
         "election": settings.election,
-        "is_leader": any(t["name"] == settings.election for t in report["terms"]),
+        "is_leader": runner.is_leader,
         "job": {"running": job.running, "writes": job.writes},
         "health": report,
     }
@@ -207,10 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--endpoints", default=env.endpoints, help="etcd endpoints")
     p.add_argument("--prefix", default=env.prefix)
     p.add_argument("--election", default=env.election)
-    p.add_argument("--node-name", default=env.node, help="this copy's value in the election")
+    p.add_argument("--node-name", default=env.node, help="this copy's value (default host-pid)")
     p.add_argument("--ttl", type=int, default=env.ttl, help="session lease TTL in seconds")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = Settings(args.endpoints, args.prefix, args.election, args.node_name, args.ttl)
     web.run_app(create_app(settings), host=args.host, port=args.port, shutdown_timeout=5)
 

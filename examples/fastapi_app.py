@@ -12,7 +12,10 @@ over within milliseconds::
 or ``uvicorn examples.fastapi_app:app`` (settings from the environment only).
 
 The app's lifespan enters an :class:`aioelect.Elector` (one etcd session for
-the process) and runs a :class:`aioelect.Leadership` in a background task.
+the process) and an :class:`aioelect.LeadershipRunner`, which campaigns in the
+background, restarts the campaign if it fails (logged, never taking the
+server down), and on shutdown hands leadership over to the youngest other
+copy.
 While this copy leads, the job increments a counter in etcd every 0.1 s. Each
 write is a :meth:`aioelect.Term.transaction`, guarded by the term's fencing
 token: a copy that lost leadership (paused, cut off) cannot write any more. An
@@ -30,7 +33,9 @@ Settings (option / environment variable, default):
     ``--endpoints`` / ``AIOELECT_ENDPOINTS`` (required),
     ``--prefix`` / ``AIOELECT_PREFIX`` (``/aioelect-examples``),
     ``--election`` / ``AIOELECT_ELECTION`` (``counter``),
-    ``--node-name`` / ``NODE_NAME`` (``{hostname}-{pid}``),
+    ``--node-name`` / ``NODE_NAME`` (:func:`aioelect.node_identity`,
+    ``{hostname}-{pid}``, computed when the campaign starts: each worker of
+    ``uvicorn --workers`` or ``gunicorn --preload`` gets its own),
     ``--ttl`` / ``AIOELECT_TTL`` (10 s).
 
 Needs ``pip install 'aioelect[examples]'``.
@@ -42,7 +47,6 @@ import argparse
 import asyncio
 import logging
 import os
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -66,7 +70,7 @@ class Settings:
     endpoints: str | None
     prefix: str
     election: str
-    node: str
+    node: str | None
     ttl: int
 
     @classmethod
@@ -76,7 +80,7 @@ class Settings:
             endpoints=os.environ.get("AIOELECT_ENDPOINTS"),
             prefix=os.environ.get("AIOELECT_PREFIX", "/aioelect-examples"),
             election=os.environ.get("AIOELECT_ELECTION", "counter"),
-            node=os.environ.get("NODE_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+            node=os.environ.get("NODE_NAME") or None,  # None: aioelect.node_identity()
             ttl=int(os.environ.get("AIOELECT_TTL", "10")),
         )
 
@@ -89,7 +93,7 @@ class CounterJob:
 
     def __init__(self, elector: aioelect.Elector, settings: Settings) -> None:
         self.elector = elector
-        self.node = settings.node
+        self.node = settings.node or aioelect.node_identity()  # in the worker, not at import
         base = f"{settings.prefix}-data/{settings.election}"
         self.counter_key = f"{base}/counter".encode()
         self.writer_key = f"{base}/writer".encode()
@@ -128,16 +132,6 @@ class CounterJob:
             log.info("stopped counting at %s", count)
 
 
-def log_failure(task: asyncio.Task[None]) -> None:
-    """Log the campaign task's error, if it failed.
-
-    The job's own errors do not end it (the Leadership restarts after them); an
-    error of aioelect's own does, and ``/healthz`` then answers 503.
-    """
-    if not task.cancelled() and task.exception() is not None:
-        log.error("the campaign task failed", exc_info=task.exception())
-
-
 def leader_dict(info: aioelect.LeaderInfo | None) -> dict[str, Any] | None:
     """A LeaderInfo as JSON (lease ids in hex: they do not fit a JavaScript number)."""
     if info is None:
@@ -151,33 +145,43 @@ def leader_dict(info: aioelect.LeaderInfo | None) -> dict[str, Any] | None:
     }
 
 
+def configure_logging() -> None:
+    """Show aioelect's INFO lines (terms won and lost) in every worker.
+
+    ``uvicorn --workers`` and gunicorn configure only their own loggers.
+    """
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s pid=%(process)d %(name)s %(message)s"))
+    for name in ("aioelect", log.name):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Enter the elector and run the leadership for the app's lifetime."""
+    """Enter the elector and campaign in the background for the app's lifetime."""
+    configure_logging()
     settings: Settings = app.state.settings
     async with aioelect.Elector(
         endpoints=settings.endpoints, prefix=settings.prefix, ttl=settings.ttl
     ) as elector:
         job = CounterJob(elector, settings)
-        leadership = elector.leadership(
-            settings.election, settings.node, node_name=settings.node, on_elected=job.run
-        )
-        registry = CollectorRegistry()
-        aioelect.prometheus.register(elector, leadership, registry=registry)
-        app.state.elector, app.state.leadership = elector, leadership
-        app.state.job, app.state.registry = job, registry
-        task = asyncio.create_task(leadership.run(), name="leadership")
-        task.add_done_callback(log_failure)
-        log.info("node %s campaigns in %r", settings.node, settings.election)
-        try:
-            yield
-        finally:
-            # Cancelling run() steps down gracefully: on_elected is cancelled
-            # and the term resigned at once, so another copy takes over now.
-            task.cancel()
-            await asyncio.wait([task])
-            aioelect.prometheus.unregister(elector, registry)
-    # Leaving the elector revoked its session lease.
+        async with aioelect.LeadershipRunner(
+            elector, settings.election, job.node, on_elected=job.run
+        ) as runner:
+            registry = CollectorRegistry()
+            aioelect.prometheus.register(elector, runner.leadership, registry=registry)
+            app.state.elector, app.state.runner = elector, runner
+            app.state.job, app.state.registry = job, registry
+            try:
+                yield
+            finally:
+                aioelect.prometheus.unregister(elector, registry)
+        # Leaving the runner handed leadership over to the youngest other copy (or
+        # resigned): another copy took over at once. Leaving the elector revoked its lease.
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -196,14 +200,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """This copy's state; status 503 while its etcd session is not live or its
         leadership's run() has ended."""
         state = request.app.state
-        leadership: aioelect.Leadership = state.leadership
-        report = health(state.elector, leadership)
+        runner: aioelect.LeadershipRunner = state.runner
+        report = health(state.elector, runner.leadership)
         if not report["ready"]:
             response.status_code = 503
         return {
-            "node": state.settings.node,
+            "node": state.job.node,
             "election": state.settings.election,
-            "is_leader": leadership.is_leader,
+            "is_leader": runner.is_leader,
             "job": {"running": state.job.running, "writes": state.job.writes},
             "health": report,
         }
@@ -230,10 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--endpoints", default=env.endpoints, help="etcd endpoints")
     p.add_argument("--prefix", default=env.prefix)
     p.add_argument("--election", default=env.election)
-    p.add_argument("--node-name", default=env.node, help="this copy's value in the election")
+    p.add_argument("--node-name", default=env.node, help="this copy's value (default host-pid)")
     p.add_argument("--ttl", type=int, default=env.ttl, help="session lease TTL in seconds")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = Settings(args.endpoints, args.prefix, args.election, args.node_name, args.ttl)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
 

@@ -14,6 +14,7 @@ import importlib.util
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,7 +48,7 @@ SERVERS: dict[str, list[str]] = {
                 "--host", "127.0.0.1", "--port", "{port}", "--timeout-graceful-shutdown", "10"],
     "gunicorn-uvicorn": ["-m", "gunicorn", "examples.apscheduler_app:app", "-w", "3",
                          "-k", "uvicorn_worker.UvicornWorker", "-b", "127.0.0.1:{port}",
-                         "--graceful-timeout", "10"],
+                         "--graceful-timeout", "10", "--preload"],
     "gunicorn-aiohttp": ["-m", "gunicorn", "examples.apscheduler_app:aiohttp_app", "-w", "3",
                          "-k", "aiohttp.GunicornWebWorker", "-b", "127.0.0.1:{port}",
                          "--graceful-timeout", "10"],
@@ -207,6 +208,11 @@ def analyse(server: Server, name: str) -> dict[str, object]:
         "faults": faults,
     }
     print("RECIPE", json.dumps(summary))
+    # Each worker campaigned as itself (node_identity() in the worker, even with --preload).
+    campaigns = re.findall(r"pid=(\d+) aioelect INFO campaigning in election 'ticks' as '.*-(\d+)'",
+                           server.log())  # fmt: skip
+    assert campaigns
+    assert all(pid == value for pid, value in campaigns), campaigns
     assert not dups, f"ticks run twice: {dups}\n{server.log()[-4000:]}"
     tokens = [t.token for t in ticks]
     assert tokens == sorted(tokens), "a tick of an older term after one of a newer term"
@@ -219,7 +225,9 @@ def test_apscheduler_tick_once_across_workers(
 ) -> None:
     """Every tick runs at most once across 3 workers, through SIGKILL of the leader, a frozen
     leader (SIGSTOP past the TTL, then SIGCONT) and a SIGHUP reload."""
-    server = start_server(kind)
+    # gunicorn starts the new workers of a reload as it stops the old ones: the leader waits
+    # up to 3 s for one to campaign (uvicorn starts each new worker before stopping an old one).
+    server = start_server(kind, LEAVE_WAIT="3" if kind.startswith("gunicorn") else "0")
     leader = server.leader_pid()
     assert "won election 'ticks'" in server.log()
 
@@ -256,3 +264,56 @@ def test_apscheduler_tick_once_across_workers(
     server.proc.wait(30)
     summary = analyse(server, kind)
     assert summary["workers_that_led"] >= 4
+
+
+def readme_block(heading: str, index: int) -> str:
+    """The ``index``-th Python block of a README section."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index(heading) :]
+    section = section[: section.index("\n## ", 1)]
+    return section.split("```python\n")[index + 1].split("```")[0]
+
+
+@pytest.mark.parametrize(
+    ("index", "server"),
+    [
+        (0, ["-m", "uvicorn", "app:app", "--workers", "2", "--host", "127.0.0.1",
+             "--port", "{port}"]),
+        (1, ["-m", "gunicorn", "app:app", "-w", "2", "-k", "aiohttp.GunicornWebWorker",
+             "-b", "127.0.0.1:{port}"]),
+    ],
+    ids=["fastapi", "aiohttp"],
+)  # fmt: skip
+def test_readme_web_snippets_are_complete_programs(
+    index: int, server: list[str], etcd: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """The README's FastAPI and aiohttp programs run as they are (2 workers): one leads."""
+    import httpx
+
+    code = readme_block("## In a web service", index).replace('"/myapp"', repr(etcd_prefix))
+    (tmp_path / "app.py").write_text(code)
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AIOELECT_")}
+    env = dict(base, AIOELECT_ENDPOINTS=etcd.endpoint, PYTHONWARNINGS="ignore::DeprecationWarning")
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, *(a.format(port=port) for a in server)], stdout=out,
+            stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True,
+        )  # fmt: skip
+    try:
+
+        def leader_seen() -> bool:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                resp = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            except httpx.TransportError:
+                return False
+            return resp.status_code == 200 and resp.json()["is_leader"] is True
+
+        wait_for(leader_seen, "a worker answering that it leads")
+        wait_for(lambda: "won election 'jobs'" in log_path.read_text(), "the log of the win")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
