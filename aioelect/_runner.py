@@ -31,6 +31,7 @@ from ._config import Duration, check_name, duration, to_bytes
 from ._connection import KV
 from ._elector import Elector
 from ._exceptions import AioelectError, ConfigError, ElectorClosed, NoSuchCandidate, NotLeader
+from ._health import health
 from ._identity import node_identity
 from ._jobs import LeaderOnly, stop_jobs
 from ._leadership import Leadership, OnElected, OnLeaderChange, OnSteppedDown
@@ -178,6 +179,27 @@ class LeadershipRunner:
     def last_error(self) -> BaseException | None:
         """The last error ``run()`` raised, or None."""
         return self._last_error
+
+    def health(self, *, require_leader: bool = False) -> dict[str, Any]:
+        """:func:`aioelect.health` of the elector and this leadership, with the runner's state.
+
+        Adds ``"runner": {"running", "errors", "last_error"}``; ``ready`` is also
+        False while ``run()`` is not running (backing off after an error).
+        """
+        report: dict[str, Any] = dict(
+            health(self._elector, *self._leaderships(), require_leader=require_leader)
+        )
+        report["ready"] = bool(report["ready"]) and self._running
+        error = self._last_error
+        report["runner"] = {
+            "running": self._running,
+            "errors": self._errors,
+            "last_error": f"{type(error).__name__}: {error}" if error is not None else None,
+        }
+        return report
+
+    def _leaderships(self) -> tuple[Leadership, ...]:
+        return (self._leadership,) if self._leadership is not None else ()
 
     def leader_only(
         self,

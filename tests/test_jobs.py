@@ -207,6 +207,9 @@ async def test_runner_leads_runs_jobs_and_resigns_on_exit(
         term = await lead(runner)
         assert await job() == term.token
         assert runner.is_running and runner.is_leader
+        report = runner.health(require_leader=True)
+        assert report["ready"] is True
+        assert report["runner"] == {"running": True, "errors": 0, "last_error": None}
     assert await keys_under(raw, f"{etcd_prefix}/jobs/") == []
     assert term.end_reason == "resigned"
     assert not runner.is_running
@@ -226,6 +229,9 @@ async def test_runner_restarts_after_run_fails(
         await until(lambda: runner.errors > 0, "an error")
         assert isinstance(runner.last_error, aioelect.ConfigError)
         assert not runner.is_leader
+        report = runner.health()
+        assert report["runner"]["errors"] >= 1
+        assert "ConfigError" in report["runner"]["last_error"]
         await hold.__aexit__(None, None, None)
         term = await lead(runner)
         assert term.value == b"a"

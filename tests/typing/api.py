@@ -82,3 +82,22 @@ async def errors(elector: aioelect.Elector) -> str:
         return str(retry)
     big = aioelect.Elector(endpoints="127.0.0.1:2379", max_request_bytes=8 * 1024 * 1024)
     return str(big.config.max_request_bytes)
+
+
+async def web_service(elector: aioelect.Elector) -> int | None:
+    identity: str = aioelect.node_identity()
+
+    async def job(x: int, term: aioelect.Term) -> int:
+        return x + term.token
+
+    async with aioelect.LeadershipRunner(
+        elector, "jobs", identity, graceful_leave=True, leave_wait=timedelta(seconds=3)
+    ) as runner:
+        leading: bool = runner.is_leader
+        guarded = runner.leader_only(job, due=lambda: 0.0)
+        result: int | None = await guarded(1)
+        guard: aioelect.LeaderOnly = aioelect.leader_only(elector, "jobs", pass_term=False)
+        stats: aioelect.LeaderOnlyStatistics = guard.statistics()
+        report: dict[str, object] = runner.health()
+        assert leading or stats.runs >= 0 or report
+        return result
