@@ -27,6 +27,7 @@ import anyio
 from typing_extensions import Self
 
 from ._backoff import Backoff
+from ._callbacks import OnElected, OnLeaderChange, OnSteppedDown
 from ._config import Duration, check_name, duration, to_bytes
 from ._connection import KV
 from ._elector import Elector
@@ -34,7 +35,7 @@ from ._exceptions import AioelectError, ConfigError, ElectorClosed, NoSuchCandid
 from ._health import health
 from ._identity import node_identity
 from ._jobs import LeaderOnly, stop_jobs
-from ._leadership import Leadership, OnElected, OnLeaderChange, OnSteppedDown
+from ._leadership import Leadership
 from ._term import Term
 
 __all__ = ("LeadershipRunner",)
