@@ -125,7 +125,8 @@ async def leader_jobs() -> AsyncIterator[aioelect.LeadershipRunner]:
                 yield runner
                 # Leaving the runner hands leadership over before the scheduler stops.
         finally:
-            scheduler.shutdown(wait=False)
+            if scheduler.running:
+                scheduler.shutdown(wait=False)
 
 
 def report(runner: aioelect.LeadershipRunner) -> tuple[dict[str, Any], bool]:
