@@ -114,12 +114,13 @@ EXAMPLES_TESTS = ROOT / "tests" / "test_examples.py"
 # No venv to make when there is nothing to run.
 @nox.session(venv_backend="venv" if EXAMPLES_TESTS.exists() else "none")
 def examples(session: nox.Session) -> None:
-    """The tests that run the examples, when they exist."""
+    """The tests that run the examples (and the recipes), when they exist."""
     test_file = EXAMPLES_TESTS
     if not test_file.exists():
         session.skip(f"{test_file.relative_to(ROOT)} does not exist yet")
     session.install("-e", _extras_with("test", "examples"))
-    session.run("python", "-m", "pytest", str(test_file), *session.posargs)
+    recipes = ROOT / "tests" / "test_recipes.py"
+    session.run("python", "-m", "pytest", str(test_file), str(recipes), *session.posargs)
 
 
 @nox.session
