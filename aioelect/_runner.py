@@ -31,7 +31,7 @@ from ._callbacks import OnElected, OnLeaderChange, OnSteppedDown
 from ._config import Duration, check_name, duration, to_bytes
 from ._connection import KV
 from ._elector import Elector
-from ._exceptions import AioelectError, ConfigError, ElectorClosed, NoSuchCandidate, NotLeader
+from ._exceptions import AioelectError, ConfigError, ElectorClosed
 from ._health import health
 from ._identity import node_identity
 from ._jobs import LeaderOnly, stop_jobs
@@ -290,7 +290,7 @@ class LeadershipRunner:
                 self.name,
                 youngest.value.decode(errors="replace"),
             )
-        except (NoSuchCandidate, NotLeader) as exc:
+        except AioelectError as exc:  # gone meanwhile, no longer leading, etcd unavailable
             log.info("leaving %r: no handover (%s); resigning", self.name, exc)
 
     async def _supervise(self) -> None:
