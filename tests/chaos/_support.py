@@ -40,7 +40,7 @@ import anyio
 from aetcd import rpc
 
 import aioelect
-from aioelect._connection import KV, Connection
+from aioelect._connection import KV, Connection, WatchBatch, WatchStream
 from aioelect._exceptions import EtcdError
 from aioelect._keys import prefix_range_end, split_key
 
@@ -619,7 +619,17 @@ class History:
         result = await self.conn.range(root, prefix_range_end(root))
         self.initial = result.kvs
         self.start_revision = self.revision = result.revision
-        self._task = asyncio.get_running_loop().create_task(self._follow())
+        # Return only once etcd has created the watch: from then on, a compaction
+        # cannot take the revisions it still has to deliver.
+        stream = self._open()
+        try:
+            with anyio.fail_after(15):
+                while not (await self._read(stream)).created:
+                    pass
+        except BaseException:
+            stream.close()
+            raise
+        self._task = asyncio.get_running_loop().create_task(self._follow(stream))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -652,26 +662,35 @@ class History:
                     raise AssertionError("the history watch failed") from self._error
                 await anyio.sleep(0.01)
 
-    async def _follow(self) -> None:
+    def _open(self) -> WatchStream:
+        return self.conn.watch_stream(self.low, self.high, self.revision + 1)
+
+    async def _read(self, stream: WatchStream) -> WatchBatch:
+        """The next response of ``stream``, its events recorded."""
+        batch = await stream.read()
+        if batch.compact_revision or batch.canceled:
+            raise AssertionError(
+                f"history watch at {self.revision + 1} was compacted "
+                f"({batch.compact_revision}) or cancelled: evidence lost"
+            )
+        for is_put, kv in batch.events:
+            self.changes.append(Change(kv.mod_revision, is_put, kv))
+            self.revision = max(self.revision, kv.mod_revision)
+        return batch
+
+    async def _follow(self, stream: WatchStream) -> None:
+        """Read ``stream`` (created by __aenter__), then a new one after each error."""
         try:
             while True:
-                stream = self.conn.watch_stream(self.low, self.high, self.revision + 1)
                 try:
                     while True:
-                        batch = await stream.read()
-                        if batch.compact_revision or batch.canceled:
-                            raise AssertionError(
-                                f"history watch at {self.revision + 1} was compacted "
-                                f"({batch.compact_revision}) or cancelled: evidence lost"
-                            )
-                        for is_put, kv in batch.events:
-                            self.changes.append(Change(kv.mod_revision, is_put, kv))
-                            self.revision = max(self.revision, kv.mod_revision)
+                        await self._read(stream)
                 except EtcdError:
                     self.reconnects += 1
                     await anyio.sleep(0.1)
                 finally:
                     stream.close()
+                stream = self._open()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
