@@ -8,6 +8,7 @@ import asyncio
 import errno
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -379,7 +380,7 @@ async def test_proxy_blackhole_holds_new_connections(fault_proxy: FaultProxy) ->
     try:
         writer.write(b"GET /version HTTP/1.0\r\nHost: etcd\r\n\r\n")
         await writer.drain()
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):  # 3.10: not the builtin TimeoutError
             await asyncio.wait_for(reader.read(1), 0.3)
         assert fault_proxy.open_connections >= 1
         assert fault_proxy.bytes_up == 0
@@ -426,3 +427,16 @@ async def test_proxy_delay_adds_latency(fault_proxy: FaultProxy) -> None:
         assert time.monotonic() - start >= 0.3
         fault_proxy.heal()
         assert fault_proxy.current_delay == 0
+
+
+def test_docker_backend_without_testcontainers_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without testcontainers, starting the docker backend names what is missing (it
+    used to fail with an UnboundLocalError)."""
+    from aioelect.testing._docker import DockerEtcd
+
+    monkeypatch.setitem(sys.modules, "testcontainers.core.docker_client", None)  # not importable
+    container = DockerEtcd(image="etcd:never-pulled")
+    with pytest.raises(aioelect.AioelectError, match="needs testcontainers") as caught:
+        container.start()
+    assert "choose another --aioelect-backend" in str(caught.value)
+    assert container.client_port == 0  # nothing started
