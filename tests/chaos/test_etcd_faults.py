@@ -20,13 +20,11 @@ from _support import (
     check_logs_against_history,
     defragment,
     fmt_times,
-    keys_under,
     leading_periods,
     raft_leader,
     report,
-    until,
 )
-from helpers import ElectorFactory, eventually
+from helpers import ElectorFactory, eventually, keys_under
 
 import aioelect
 from aioelect._connection import Connection
@@ -187,7 +185,7 @@ async def test_cluster_member_faults(etcd_cluster: EtcdCluster) -> None:
                         start = time.monotonic()
                         for name in names:
                             n = len(log.find("write", election=name)) + 5
-                            await until(
+                            await eventually(
                                 lambda name=name, n=n: len(log.find("write", election=name)) >= n,
                                 timeout=20,
                                 what=f"writes in {name}",
@@ -281,8 +279,9 @@ async def test_compaction_and_defragmentation_during_elections(
                     fault_proxy.reset()  # the proxied elector's watch restarts from its revision
                     await _compact_now(raw)
                     await defragment(raw)
-                    await until(
+                    await eventually(
                         lambda new=new: all(new["token"] in s for s in seen.values()),
+                        timeout=15,
                         what="every observer saw the new leader",
                     )
                     elapsed.append(time.monotonic() - start)
