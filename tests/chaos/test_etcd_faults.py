@@ -237,6 +237,26 @@ async def _compact_now(raw: Connection) -> int:
     return int(rev)
 
 
+async def test_history_watch_exists_once_entered(
+    fault_proxy: FaultProxy, raw: Connection, etcd_prefix: str
+) -> None:
+    """History returns from __aenter__ only once etcd has created its watch: a compaction
+    right after entry (as the compaction test does) loses no change. Its requests go
+    through a slow link here, so a watch still on its way would start compacted."""
+    slow = Connection.create(fault_proxy.endpoint, timeout=10)
+    await slow.connect()
+    try:
+        fault_proxy.delay(0.2)
+        key = f"{etcd_prefix}/job/a".encode()
+        async with History(slow, etcd_prefix) as history:
+            await raw.txn([], [raw.op_put(key, b"x")])
+            await _compact_now(raw)  # compacts the revision the watch starts from
+        assert [(c.is_put, c.kv.key) for c in history.changes][:1] == [(True, key)]
+    finally:
+        fault_proxy.heal()
+        await slow.close()
+
+
 async def test_compaction_and_defragmentation_during_elections(
     fault_proxy: FaultProxy, make_elector: ElectorFactory, raw: Connection, etcd_prefix: str
 ) -> None:
