@@ -643,17 +643,16 @@ class History:
             resp = await self.conn.txn([], [self.conn.op_put(sentinel, b"end")])
             return int(resp.header.revision)
 
-        with anyio.fail_after(timeout):
-            target = await eventually(
-                put_sentinel, timeout, "the sentinel written", retry_on=EtcdError, interval=0.1
-            )
+        target = await eventually(
+            put_sentinel, timeout, "the sentinel written", retry_on=EtcdError, interval=0.1
+        )
 
-            def delivered() -> bool:
-                if self._error is not None:
-                    raise AssertionError("the history watch failed") from self._error
-                return self.revision >= target
+        def delivered() -> bool:
+            if self._error is not None:
+                raise AssertionError("the history watch failed") from self._error
+            return self.revision >= target
 
-            await eventually(delivered, timeout, f"the history watch at {target}")
+        await eventually(delivered, timeout, f"the history watch at {target}")
 
     def _open(self) -> WatchStream:
         return self.conn.watch_stream(self.low, self.high, self.revision + 1)
