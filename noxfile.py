@@ -87,8 +87,9 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typing(session: nox.Session) -> None:
     """mypy --strict and pyright (standard) on the package (settings in pyproject.toml)."""
+    # nox: pyright also reads this file.
     session.install(
-        "-e", ".[test]", "mypy>=1.11", "pyright[nodejs]>=1.1.400", "exceptiongroup>=1.2"
+        "-e", ".[test]", "mypy>=1.11", "pyright[nodejs]>=1.1.400", "exceptiongroup>=1.2", "nox"
     )
     # The configured paths that exist (mypy stops on a missing one).
     files = _pyproject().get("tool", {}).get("mypy", {}).get("files", [])
