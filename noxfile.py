@@ -86,12 +86,18 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typing(session: nox.Session) -> None:
-    """mypy --strict on the package (settings in pyproject.toml)."""
-    session.install("-e", ".[test]", "mypy>=1.11")
+    """mypy --strict and pyright (standard) on the package (settings in pyproject.toml)."""
+    # nox: pyright also reads this file.
+    session.install(
+        "-e", ".[test]", "mypy>=1.11", "pyright[nodejs]>=1.1.400", "exceptiongroup>=1.2", "nox"
+    )
     # The configured paths that exist (mypy stops on a missing one).
     files = _pyproject().get("tool", {}).get("mypy", {}).get("files", [])
     paths = [p for p in files if (ROOT / p).exists()]
     session.run("mypy", *(session.posargs or paths))
+    # The session's venv is the environment pyright resolves imports in.
+    python = Path(session.bin) / ("python.exe" if os.name == "nt" else "python")
+    session.run("pyright", "--pythonpath", str(python), *session.posargs)
 
 
 @nox.session

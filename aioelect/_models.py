@@ -26,12 +26,18 @@ class CandidateInfo:
     lease_id: int
 
 
-@dataclass(frozen=True, slots=True)
+# Not ``slots=True``: on Python 3.10 that re-declares the parent's fields as slots
+# of their own (CPython gh-90540), which hide the parent's, so an instance filled
+# through CandidateInfo's slots (as the mirror does) would read as empty. An empty
+# __slots__ gives what 3.11+ make of ``slots=True`` here: no __dict__, the parent's slots.
+@dataclass(frozen=True)
 class LeaderInfo(CandidateInfo):
     """The leader of an election (the candidate with the lowest create revision).
 
     ``token`` is a fencing token: it only grows from one leader to the next.
     """
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True)

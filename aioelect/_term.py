@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -424,6 +425,14 @@ def scope_cancellation_in_disguise(scope: anyio.CancelScope) -> bool:
 
 def _no_task_cancel() -> bool:
     """Whether nobody called ``Task.cancel()`` on the current task (always True on
-    Python 3.10, which cannot tell)."""
-    cancelling = getattr(asyncio.current_task(), "cancelling", None)
-    return cancelling is None or cancelling() == 0
+    Python 3.10, which cannot tell).
+
+    On 3.10 a Task may still have ``cancelling()`` (e.g. the backport of
+    ``asyncio.Runner`` that pytest-asyncio uses makes such Tasks), but anyio
+    cancels its scopes with ``Task.cancel()`` there and only calls ``uncancel()``
+    on 3.11+: the count includes the scopes' own cancellations and means nothing.
+    """
+    if sys.version_info < (3, 11):
+        return True
+    task = asyncio.current_task()
+    return task is None or task.cancelling() == 0

@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import eventually_blocking
 
 from aioelect.testing import EtcdServer
 
@@ -24,10 +24,7 @@ def _cli(etcd: EtcdServer, prefix: str, *args: str) -> list[str]:
 
 
 def _wait_for(path: Path, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
-        time.sleep(0.02)
+    eventually_blocking(path.exists, timeout, f"{path} exists")
 
 
 @pytest.fixture
@@ -150,14 +147,14 @@ def test_sigterm_while_waiting_gives_up_without_key(
     _wait_for(marker)
     p2 = subprocess.Popen(_cli(etcd, etcd_prefix, "run", "job", "b", "--", *_marker_cmd(never)))
     procs.append(p2)
-    deadline = time.monotonic() + 20
-    while True:
+
+    def two_candidates() -> bool:
         out = subprocess.run(
             _cli(etcd, etcd_prefix, "candidates", "job"), capture_output=True, check=True
         )
-        if len(out.stdout.splitlines()) == 2:
-            break
-        assert time.monotonic() < deadline
+        return len(out.stdout.splitlines()) == 2
+
+    eventually_blocking(two_candidates, 20, "b campaigns")
     p2.send_signal(signal.SIGTERM)
     assert p2.wait(20) == 128 + signal.SIGTERM
     out = subprocess.run(_cli(etcd, etcd_prefix, "candidates", "job"), capture_output=True)
@@ -280,21 +277,17 @@ def test_lost_leadership_stops_the_whole_process_group(
     p = subprocess.Popen(_cli(etcd, etcd_prefix, "run", "job", "a", "--", "sh", "-c", script))
     procs.append(p)
     _wait_for(pidfile)
-    deadline = time.monotonic() + 5
-    while not pidfile.read_text().strip():
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    eventually_blocking(lambda: pidfile.read_text().strip(), 5, "the pid written")
     grandchild = int(pidfile.read_text())
     _delete_election_keys(etcd, etcd_prefix)  # someone else deletes the leader key
     assert p.wait(30) == 75
-    deadline = time.monotonic() + 5
-    while True:
+
+    def grandchild_gone() -> bool:
         try:
             os.kill(grandchild, 0)
         except ProcessLookupError:
-            break
+            return True
         stat = Path(f"/proc/{grandchild}/stat")
-        if stat.exists() and stat.read_text().split()[2] == "Z":
-            break
-        assert time.monotonic() < deadline, "the grandchild survived"
-        time.sleep(0.02)
+        return stat.exists() and stat.read_text().split()[2] == "Z"  # a zombie: it died
+
+    eventually_blocking(grandchild_gone, 5, "the grandchild stopped")

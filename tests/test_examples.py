@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from helpers import eventually_blocking
 
 from aioelect._embedded import find_etcd_binary, free_port
 from aioelect.testing import EtcdServer
@@ -29,14 +30,8 @@ Spawn = Callable[..., subprocess.Popen[bytes]]
 
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.02)
+    """:func:`helpers.eventually_blocking` with the apps' bound (they start slowly)."""
+    return eventually_blocking(check, timeout, what)
 
 
 @pytest.fixture

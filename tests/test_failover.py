@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import pytest
+from helpers import eventually
 
 from aioelect import EtcdError, EtcdUnavailable
 from aioelect._connection import Connection
@@ -93,18 +94,22 @@ async def put_until_success(
     Fails the test if none succeeds within RECOVERY_BOUND of ``since``.
     """
     failures: list[str] = []
-    while True:
+
+    async def put() -> bool:
         try:
             await conn.txn([], [Connection.op_put(key, value)])
-            return time.monotonic() - since, failures
         except EtcdError as exc:
             failures.append(f"{type(exc).__name__}: {exc}")
-            if time.monotonic() - since > RECOVERY_BOUND:
-                raise AssertionError(
-                    f"no request succeeded within {RECOVERY_BOUND} s "
-                    f"({len(failures)} failures, last: {exc})"
-                ) from exc
-            await anyio.sleep(0.02)  # poll: a fast-failing request must not spin
+            return False
+        return True
+
+    await eventually(
+        put,
+        since + RECOVERY_BOUND - time.monotonic(),
+        lambda: f"a request succeeding ({len(failures)} failures, last: {failures[-1:]})",
+        interval=0.02,  # a fast-failing request must not spin
+    )
+    return time.monotonic() - since, failures
 
 
 async def read(conn: Connection, key: bytes) -> bytes | None:

@@ -8,15 +8,17 @@ import asyncio
 import errno
 import os
 import socket
+import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from helpers import eventually, eventually_blocking
 
 import aioelect
 from aioelect import EtcdError, EtcdUnavailable
@@ -80,16 +82,9 @@ async def connected(endpoint: str, timeout: float = 2.0) -> AsyncIterator[Connec
         await conn.close()
 
 
-async def eventually(what: str, attempt: Callable[[], Awaitable[Any]]) -> Any:
-    """Retry ``attempt`` while it raises EtcdError; fail if it has not succeeded within BOUND."""
-    deadline = time.monotonic() + BOUND
-    while True:
-        try:
-            return await attempt()
-        except EtcdError as exc:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: still failing after {BOUND} s: {exc}") from exc
-            await anyio.sleep(0.02)
+async def value_once_back(conn: Connection, key: bytes, what: str) -> bytes:
+    """The value of ``key`` once etcd answers again (EtcdError retried for up to BOUND)."""
+    return await eventually(lambda: get(conn, key, timeout=0.5), BOUND, what, retry_on=EtcdError)
 
 
 async def get(conn: Connection, key: bytes, timeout: float | None = None) -> bytes | None:
@@ -205,7 +200,7 @@ async def test_etcd_process_pause_resume_kill_restart(
         with pytest.raises(EtcdUnavailable):
             await get(conn, key, timeout=0.3)
         etcd_process.resume()
-        assert await eventually("after resume", lambda: get(conn, key, timeout=0.5)) == b"before"
+        assert await value_once_back(conn, key, "after resume") == b"before"
 
         old_pid = etcd_process.pid
         assert old_pid is not None
@@ -223,7 +218,7 @@ async def test_etcd_process_pause_resume_kill_restart(
         assert etcd_process.pid != old_pid
         assert etcd_process.client_port == port
         # The same client reconnects by itself; the write survived SIGKILL.
-        assert await eventually("after restart", lambda: get(conn, key, timeout=0.5)) == b"before"
+        assert await value_once_back(conn, key, "after restart") == b"before"
 
 
 # -- the pytest fixtures -------------------------------------------------------------------
@@ -299,10 +294,9 @@ def test_fault_proxy_close_leaves_nothing(etcd: EtcdServer) -> None:
     assert thread is not None and thread.is_alive() and thread.daemon
     assert proxy.endpoint == f"127.0.0.1:{proxy.port}"
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=BOUND) as client:
-        deadline = time.monotonic() + BOUND
-        while proxy.open_connections < 1:
-            assert time.monotonic() < deadline, "connection not seen by the proxy"
-            time.sleep(0.005)
+        eventually_blocking(
+            lambda: proxy.open_connections >= 1, BOUND, "connection seen by the proxy"
+        )
         proxy.close()
         # The proxy's end is gone: the client reads EOF or a reset, not a hang.
         with suppress(ConnectionResetError):
@@ -368,7 +362,7 @@ async def test_proxy_blackhole_and_heal(fault_proxy: FaultProxy, etcd_prefix: st
         assert fault_proxy.endpoint in str(info.value)
         assert fault_proxy.open_connections >= 1  # nothing was closed
         fault_proxy.heal()
-        assert await eventually("after heal", lambda: get(conn, key, timeout=0.5)) == b"1"
+        assert await value_once_back(conn, key, "after heal") == b"1"
 
 
 @pytest.mark.asyncio
@@ -379,7 +373,7 @@ async def test_proxy_blackhole_holds_new_connections(fault_proxy: FaultProxy) ->
     try:
         writer.write(b"GET /version HTTP/1.0\r\nHost: etcd\r\n\r\n")
         await writer.drain()
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):  # 3.10: not the builtin TimeoutError
             await asyncio.wait_for(reader.read(1), 0.3)
         assert fault_proxy.open_connections >= 1
         assert fault_proxy.bytes_up == 0
@@ -396,10 +390,9 @@ async def test_proxy_reset_aborts_connections(fault_proxy: FaultProxy, etcd_pref
     """reset() aborts open connections with a RST; a gRPC client then reconnects by itself."""
     reader, writer = await asyncio.open_connection("127.0.0.1", fault_proxy.port)
     try:
-        deadline = time.monotonic() + BOUND
-        while fault_proxy.open_connections < 1:
-            assert time.monotonic() < deadline, "connection not seen by the proxy"
-            await asyncio.sleep(0.005)
+        await eventually(
+            lambda: fault_proxy.open_connections >= 1, BOUND, "connection seen by the proxy"
+        )
         fault_proxy.reset()
         with pytest.raises(ConnectionResetError):
             await asyncio.wait_for(reader.read(1), BOUND)
@@ -411,7 +404,7 @@ async def test_proxy_reset_aborts_connections(fault_proxy: FaultProxy, etcd_pref
         await put(conn, key, b"1")
         before = fault_proxy.connections
         fault_proxy.reset()
-        assert await eventually("after reset", lambda: get(conn, key, timeout=0.5)) == b"1"
+        assert await value_once_back(conn, key, "after reset") == b"1"
         assert fault_proxy.connections > before  # the old connection was gone
 
 
@@ -426,3 +419,16 @@ async def test_proxy_delay_adds_latency(fault_proxy: FaultProxy) -> None:
         assert time.monotonic() - start >= 0.3
         fault_proxy.heal()
         assert fault_proxy.current_delay == 0
+
+
+def test_docker_backend_without_testcontainers_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without testcontainers, starting the docker backend names what is missing (it
+    used to fail with an UnboundLocalError)."""
+    from aioelect.testing._docker import DockerEtcd
+
+    monkeypatch.setitem(sys.modules, "testcontainers.core.docker_client", None)  # not importable
+    container = DockerEtcd(image="etcd:never-pulled")
+    with pytest.raises(aioelect.AioelectError, match="needs testcontainers") as caught:
+        container.start()
+    assert "choose another --aioelect-backend" in str(caught.value)
+    assert container.client_port == 0  # nothing started

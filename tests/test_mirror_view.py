@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import pickle
+
 import anyio
 import pytest
 
@@ -123,8 +127,21 @@ async def test_observer_keeps_what_a_lagging_consumer_has_not_read() -> None:
 
 
 def test_leader_info_equals_the_dataclass_built_the_usual_way() -> None:
+    """The mirror's fast LeaderInfo (filled through the slots) reads, compares, hashes,
+    prints, copies and pickles like one built by its constructor, on every Python."""
     kv = KV(b"/p/job/1a", b"value", 7, 9, 0x1A)
     info = leader_info("job", kv)
+    assert info is not None
+    # Each field reads back (Python 3.10's slots=True on the subclass hid them).
+    assert (info.name, info.key, info.value, info.token, info.lease_id) == (
+        "job", b"/p/job/1a", b"value", 7, 0x1A
+    )  # fmt: skip
+    assert not hasattr(info, "__dict__")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.token = 8  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(info)) == info
+    assert copy.deepcopy(info) == info
+    assert dataclasses.replace(info, token=8).token == 8
     assert info == LeaderInfo("job", b"/p/job/1a", b"value", 7, 0x1A)
     assert type(info) is LeaderInfo
     assert hash(info) == hash(LeaderInfo("job", b"/p/job/1a", b"value", 7, 0x1A))

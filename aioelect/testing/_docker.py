@@ -75,6 +75,11 @@ def _engine_error(timeout: float) -> str | None:
     """None when the Docker engine answers a ping, else why not."""
     try:
         host = _docker_host()
+    except ImportError as exc:
+        return f"the docker backend needs testcontainers ({exc}): pip install testcontainers"
+    except Exception as exc:  # e.g. a broken docker context
+        return f"cannot tell where the Docker engine is: {exc}"
+    try:
         if host is None and os.name != "nt":
             host = "unix:///var/run/docker.sock"
         if host is not None and host.startswith("unix://"):
@@ -228,10 +233,8 @@ class DockerEtcd:
         # Checked first: the docker SDK leaks a socket when it cannot connect.
         error = _engine_error(min(self.startup_timeout, 10.0))
         if error is not None:
-            raise AioelectError(
-                f"{error}; start one (e.g. scripts/start-dockerd.sh) or choose another "
-                "--aioelect-backend"
-            )
+            hint = "start one (e.g. scripts/start-dockerd.sh) or" if "engine" in error else "or"
+            raise AioelectError(f"{error}; {hint} choose another --aioelect-backend")
         for attempt in range(3):
             self.client_port, self.peer_port = free_port(), free_port()
             try:

@@ -56,7 +56,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _choose_backend(config: pytest.Config) -> str:
-    backend: str = config.getoption("--aioelect-backend")
+    backend = str(config.getoption("--aioelect-backend"))
     if backend != "auto":
         return backend
     if os.environ.get("AIOELECT_TEST_ENDPOINTS"):
@@ -82,7 +82,7 @@ def etcd(request: pytest.FixtureRequest) -> Iterator[EtcdServer]:
     if backend == "docker":
         from ._docker import DockerEtcd
 
-        container = DockerEtcd(image=request.config.getoption("--aioelect-etcd-image"))
+        container = DockerEtcd(image=str(request.config.getoption("--aioelect-etcd-image")))
         try:
             container.start()
         except Exception as exc:

@@ -38,9 +38,10 @@ from typing import Any
 
 import anyio
 from aetcd import rpc
+from helpers import eventually
 
 import aioelect
-from aioelect._connection import KV, Connection
+from aioelect._connection import KV, Connection, WatchBatch, WatchStream
 from aioelect._exceptions import EtcdError
 from aioelect._keys import prefix_range_end, split_key
 
@@ -319,15 +320,6 @@ class Member:
         }
 
 
-async def until(check: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    """Poll ``check`` (state outside this task: etcd, another process) until true."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await anyio.sleep(0.01)
-
-
 class EventLog:
     """Events of in-process members, in one list, with bounded waits."""
 
@@ -344,12 +336,10 @@ class EventLog:
         self, event: str, timeout: float = 15.0, what: str | None = None, **match: Any
     ) -> Event:
         """The first event of kind ``event`` matching ``match`` (waiting up to ``timeout``)."""
-        with anyio.fail_after(timeout):
-            while True:
-                found = self.find(event, **match)
-                if found:
-                    return found[0]
-                await anyio.sleep(0.01)
+        found = await eventually(
+            lambda: self.find(event, **match), timeout, what or f"an event {event} {match}"
+        )
+        return found[0]
 
 
 def _matches(event: Event, match: dict[str, Any]) -> bool:
@@ -439,27 +429,26 @@ class CandidateProc:
 
     async def wait(self, event: str, timeout: float = 15.0, **match: Any) -> Event:
         """The first event of kind ``event`` matching ``match``, within ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.find(event, **match)
-            if found:
-                return found[0]
-            if not self.alive and self.killed_at is None:
+
+        def found() -> list[Event]:
+            events = self.find(event, **match)
+            if not events and not self.alive and self.killed_at is None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._reader.join(1)
-                found = self.find(event, **match)
-                if found:
-                    return found[0]
-                raise AssertionError(
-                    f"{self.ident} exited ({self.proc.returncode}) before {event} {match}:\n"
-                    f"{self.stderr_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{self.ident}: no {event} {match} within {timeout} s; stderr:\n"
-                    f"{self.stderr_tail()}"
-                )
-            await anyio.sleep(0.01)
+                    self._reader.join(1)  # what it wrote before exiting
+                events = self.find(event, **match)
+                if not events:
+                    raise AssertionError(
+                        f"{self.ident} exited ({self.proc.returncode}) before {event} {match}:\n"
+                        f"{self.stderr_tail()}"
+                    )
+            return events
+
+        events = await eventually(
+            found,
+            timeout,
+            lambda: f"{self.ident}: {event} {match}; stderr:\n{self.stderr_tail()}",
+        )
+        return events[0]
 
     def send(self, command: str) -> None:
         """Write one command line to the process's stdin."""
@@ -619,7 +608,17 @@ class History:
         result = await self.conn.range(root, prefix_range_end(root))
         self.initial = result.kvs
         self.start_revision = self.revision = result.revision
-        self._task = asyncio.get_running_loop().create_task(self._follow())
+        # Return only once etcd has created the watch: from then on, a compaction
+        # cannot take the revisions it still has to deliver.
+        stream = self._open()
+        try:
+            with anyio.fail_after(15):
+                while not (await self._read(stream)).created:
+                    pass
+        except BaseException:
+            stream.close()
+            raise
+        self._task = asyncio.get_running_loop().create_task(self._follow(stream))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -639,39 +638,51 @@ class History:
     async def finish(self, timeout: float = 30.0) -> None:
         """Write a sentinel and wait until the watch delivered it."""
         sentinel = (self.prefix + "-~end").encode()
-        with anyio.fail_after(timeout):
-            while True:
-                try:
-                    resp = await self.conn.txn([], [self.conn.op_put(sentinel, b"end")])
-                    break
-                except EtcdError:
-                    await anyio.sleep(0.1)
-            target = int(resp.header.revision)
-            while self.revision < target:
-                if self._error is not None:
-                    raise AssertionError("the history watch failed") from self._error
-                await anyio.sleep(0.01)
 
-    async def _follow(self) -> None:
+        async def put_sentinel() -> int:
+            resp = await self.conn.txn([], [self.conn.op_put(sentinel, b"end")])
+            return int(resp.header.revision)
+
+        target = await eventually(
+            put_sentinel, timeout, "the sentinel written", retry_on=EtcdError, interval=0.1
+        )
+
+        def delivered() -> bool:
+            if self._error is not None:
+                raise AssertionError("the history watch failed") from self._error
+            return self.revision >= target
+
+        await eventually(delivered, timeout, f"the history watch at {target}")
+
+    def _open(self) -> WatchStream:
+        return self.conn.watch_stream(self.low, self.high, self.revision + 1)
+
+    async def _read(self, stream: WatchStream) -> WatchBatch:
+        """The next response of ``stream``, its events recorded."""
+        batch = await stream.read()
+        if batch.compact_revision or batch.canceled:
+            raise AssertionError(
+                f"history watch at {self.revision + 1} was compacted "
+                f"({batch.compact_revision}) or cancelled: evidence lost"
+            )
+        for is_put, kv in batch.events:
+            self.changes.append(Change(kv.mod_revision, is_put, kv))
+            self.revision = max(self.revision, kv.mod_revision)
+        return batch
+
+    async def _follow(self, stream: WatchStream) -> None:
+        """Read ``stream`` (created by __aenter__), then a new one after each error."""
         try:
             while True:
-                stream = self.conn.watch_stream(self.low, self.high, self.revision + 1)
                 try:
                     while True:
-                        batch = await stream.read()
-                        if batch.compact_revision or batch.canceled:
-                            raise AssertionError(
-                                f"history watch at {self.revision + 1} was compacted "
-                                f"({batch.compact_revision}) or cancelled: evidence lost"
-                            )
-                        for is_put, kv in batch.events:
-                            self.changes.append(Change(kv.mod_revision, is_put, kv))
-                            self.revision = max(self.revision, kv.mod_revision)
+                        await self._read(stream)
                 except EtcdError:
                     self.reconnects += 1
                     await anyio.sleep(0.1)
                 finally:
                     stream.close()
+                stream = self._open()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -970,17 +981,6 @@ def unmatched_elections(events: Iterable[Event], killed: set[Any]) -> list[str]:
 
 
 # -- small etcd helpers --------------------------------------------------------------------
-
-
-async def live_leases(conn: Connection) -> set[int]:
-    """The ids of every lease etcd holds."""
-    resp = await conn._unary(conn.client.leasestub.LeaseLeases, rpc.LeaseLeasesRequest(), None)
-    return {int(lease.ID) for lease in resp.leases}
-
-
-async def keys_under(conn: Connection, prefix: str) -> list[KV]:
-    p = prefix.encode()
-    return (await conn.range(p, prefix_range_end(p), sort_create="ascend")).kvs
 
 
 async def raft_leader(endpoints: Iterable[str]) -> str | None:

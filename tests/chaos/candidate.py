@@ -31,6 +31,8 @@ from typing import Any
 
 import anyio
 
+# _support, and tests/helpers.py that it imports.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _support import Member

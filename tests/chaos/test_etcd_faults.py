@@ -20,13 +20,11 @@ from _support import (
     check_logs_against_history,
     defragment,
     fmt_times,
-    keys_under,
     leading_periods,
     raft_leader,
     report,
-    until,
 )
-from helpers import ElectorFactory, eventually
+from helpers import ElectorFactory, eventually, keys_under
 
 import aioelect
 from aioelect._connection import Connection
@@ -187,7 +185,7 @@ async def test_cluster_member_faults(etcd_cluster: EtcdCluster) -> None:
                         start = time.monotonic()
                         for name in names:
                             n = len(log.find("write", election=name)) + 5
-                            await until(
+                            await eventually(
                                 lambda name=name, n=n: len(log.find("write", election=name)) >= n,
                                 timeout=20,
                                 what=f"writes in {name}",
@@ -239,6 +237,26 @@ async def _compact_now(raw: Connection) -> int:
     return int(rev)
 
 
+async def test_history_watch_exists_once_entered(
+    fault_proxy: FaultProxy, raw: Connection, etcd_prefix: str
+) -> None:
+    """History returns from __aenter__ only once etcd has created its watch: a compaction
+    right after entry (as the compaction test does) loses no change. Its requests go
+    through a slow link here, so a watch still on its way would start compacted."""
+    slow = Connection.create(fault_proxy.endpoint, timeout=10)
+    await slow.connect()
+    try:
+        fault_proxy.delay(0.2)
+        key = f"{etcd_prefix}/job/a".encode()
+        async with History(slow, etcd_prefix) as history:
+            await raw.txn([], [raw.op_put(key, b"x")])
+            await _compact_now(raw)  # compacts the revision the watch starts from
+        assert [(c.is_put, c.kv.key) for c in history.changes][:1] == [(True, key)]
+    finally:
+        fault_proxy.heal()
+        await slow.close()
+
+
 async def test_compaction_and_defragmentation_during_elections(
     fault_proxy: FaultProxy, make_elector: ElectorFactory, raw: Connection, etcd_prefix: str
 ) -> None:
@@ -281,8 +299,9 @@ async def test_compaction_and_defragmentation_during_elections(
                     fault_proxy.reset()  # the proxied elector's watch restarts from its revision
                     await _compact_now(raw)
                     await defragment(raw)
-                    await until(
+                    await eventually(
                         lambda new=new: all(new["token"] in s for s in seen.values()),
+                        timeout=15,
                         what="every observer saw the new leader",
                     )
                     elapsed.append(time.monotonic() - start)

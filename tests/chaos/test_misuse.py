@@ -17,8 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
-from _support import keys_under, live_leases
-from helpers import ElectorFactory, eventually
+from helpers import ElectorFactory, eventually, keys_under, live_leases
 
 import aioelect
 from aioelect._config import MAX_VALUE_BYTES

@@ -14,11 +14,10 @@ from _support import (
     analyse,
     check_intervals,
     check_logs_against_history,
-    keys_under,
     leading_periods,
     report,
 )
-from helpers import ElectorFactory, eventually
+from helpers import ElectorFactory, eventually, keys_under
 
 import aioelect
 from aioelect import _connection

@@ -21,11 +21,10 @@ from _support import (
     check_intervals,
     check_logs_against_history,
     fmt_times,
-    keys_under,
     leading_periods,
     report,
 )
-from helpers import eventually
+from helpers import eventually, keys_under
 
 from aioelect._connection import Connection
 from aioelect.testing import EtcdServer
@@ -44,13 +43,15 @@ async def _first_elected(
     pool: Sequence[CandidateProc], after: float, timeout: float
 ) -> tuple[CandidateProc, Event]:
     """The first process of ``pool`` to report a term that started after ``after``."""
-    with anyio.fail_after(timeout):
-        while True:
-            for p in pool:
-                found = p.find("elected", t=lambda t: t > after)
-                if found:
-                    return p, found[0]
-            await anyio.sleep(0.005)
+
+    def first() -> tuple[CandidateProc, Event] | None:
+        for p in pool:
+            found = p.find("elected", t=lambda t: t > after)
+            if found:
+                return p, found[0]
+        return None
+
+    return await eventually(first, timeout, "a new term", interval=0.005)
 
 
 def _verify(procs: Procs, history: History, lines: list[str]) -> None:

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import anyio
 import pytest
 import trustme
-from _support import keys_under, live_leases, until
-from helpers import eventually
+from helpers import eventually, keys_under, live_leases
 
 import aioelect
 from aioelect._connection import Connection
@@ -113,7 +112,7 @@ async def test_election_over_tls(
                 await eventually(lambda: _queued(a, 2), what="b queued")
             with anyio.fail_after(10):
                 await b_won.wait()
-            await until(lambda: b"b" in seen, what="the observer saw b")
+            await eventually(lambda: b"b" in seen, timeout=15, what="the observer saw b")
             tg.cancel_scope.cancel()
     assert [v for v in seen if v is not None][:2] == [b"a", b"b"]
 
