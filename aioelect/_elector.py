@@ -375,8 +375,11 @@ class Elector:
         # Shielded (bounded by its own deadline): a grant cut short could still land in
         # etcd after the revoke that follows a failed entry; one that ran to its end (or
         # its deadline) is ahead of that revoke on the wire by a whole request timeout.
+        granted: tuple[int, int] | None = None
         with anyio.CancelScope(shield=True):
-            lease_id, ttl = await self._conn.grant(int(self._config.ttl), self._granting)
+            granted = await self._conn.grant(int(self._config.ttl), self._granting)
+        assert granted is not None  # a shielded scope does not swallow exceptions
+        lease_id, ttl = granted
         self._granting = None
         session = Session(self._conn, self._config, lease_id, ttl, sent)
         session.on_lost(lambda reason: self._end_terms(session, reason))

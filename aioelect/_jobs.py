@@ -244,6 +244,7 @@ class LeaderOnly:
             running.scopes.add(scope)
             self._now += 1
             done = False
+            result: R | None = None
             try:
                 try:
                     with scope:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -100,6 +101,8 @@ async def leader_jobs() -> AsyncIterator[aioelect.LeadershipRunner]:
         def scheduled() -> float:
             """When the tick that runs now was due (APScheduler 3 does not pass it)."""
             job = scheduler.get_job(ELECTION)
+            if job is None or job.next_run_time is None:  # removed or paused meanwhile
+                return time.time()
             return float(job.next_run_time.timestamp()) - period
 
         async def leader_tick(term: aioelect.Term) -> None:
