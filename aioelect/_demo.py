@@ -220,7 +220,7 @@ async def _spawn(endpoint: str, value: str) -> anyio.abc.Process:
     )
 
 
-def _signal(proc: anyio.abc.Process, signum: int) -> None:
+def _signal(proc: anyio.abc.Process, signum: signal.Signals) -> None:
     """Signal a candidate process; one that already exited (a term lost on a starved
     machine ends ``aioelect run``) is left alone: the demo goes on with the others."""
     with contextlib.suppress(ProcessLookupError):
