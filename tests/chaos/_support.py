@@ -369,10 +369,12 @@ class CandidateProc:
         log_dir: Path,
         interval: float = 0.1,
         extra: Iterable[str] = (),
+        wrapper: Iterable[str] = (),
     ) -> None:
         self.ident = ident
         self.stderr_path = log_dir / f"{ident}-{uuid.uuid4().hex[:6]}.stderr"
         cmd = [
+            *wrapper,  # e.g. ``ip netns exec NS`` (it execs: the pid stays the candidate's)
             sys.executable,
             str(CANDIDATE),
             "--id", ident,
