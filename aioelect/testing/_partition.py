@@ -40,8 +40,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from aetcd import rpc
+
+from .._connection import Connection, _Client
 from .._embedded import EtcdProcess
-from .._exceptions import AioelectError
+from .._exceptions import AioelectError, EtcdError
 
 __all__ = (
     "Impairment",
@@ -510,6 +513,38 @@ class PartitionCluster:
     def exec_prefix(self, node: str) -> list[str]:
         """The command prefix that runs a program in a client's (or member's) namespace."""
         return self.network.exec_prefix(node)
+
+    def connection(self, member: str, timeout: float = 5.0) -> Connection:
+        """A connection (not yet connected) from the test's process to ``member``
+        through its unix socket, which no partition cuts."""
+        path = f"unix:{self.socket_path(member)}"
+        client = _Client(
+            target=path, tls=None, username=None, password=None, timeout=timeout, authority=None
+        )
+        return Connection(client, endpoint_names=[path], owned=True, timeout=timeout)
+
+    async def raft_leader(self, timeout: float = 1.0) -> str | None:
+        """The member that a majority of members names as raft leader (None: no majority)."""
+        names: dict[int, str] = {}
+        votes: dict[int, int] = {}
+        for m in self.member_names:
+            conn = self.connection(m, timeout)
+            try:
+                await conn.connect()
+                resp = await conn._unary(
+                    conn.client.maintenancestub.Status, rpc.StatusRequest(), timeout
+                )
+            except EtcdError:
+                continue
+            finally:
+                await conn.close()
+            names[int(resp.header.member_id)] = m
+            if resp.leader:
+                votes[int(resp.leader)] = votes.get(int(resp.leader), 0) + 1
+        for leader, n in votes.items():
+            if n > len(self.member_names) // 2 and leader in names:
+                return names[leader]
+        return None
 
     def start(self, timeout: float = 30.0) -> None:
         """Create the network, start every member and wait until all serve."""

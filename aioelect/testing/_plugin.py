@@ -13,6 +13,7 @@ import pytest
 from .._embedded import ETCD_BINARY_ENV, EtcdProcess, etcd_version, find_etcd_binary
 from .._exceptions import AioelectError
 from ._cluster import EtcdCluster
+from ._partition import PartitionCluster, netns_unavailable
 from ._proxy import FaultProxy
 
 __all__ = ("EtcdServer",)
@@ -150,6 +151,25 @@ def etcd_process() -> Iterator[EtcdProcess]:
 def etcd_cluster() -> Iterator[EtcdCluster]:
     """A 3-member etcd cluster on loopback, removed at the end of the test."""
     cluster = EtcdCluster(3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def etcd_partition_cluster() -> Iterator[PartitionCluster]:
+    """A 3-member etcd cluster and 3 client namespaces, each node in a network namespace
+    of its own, for partitions (:class:`PartitionCluster`); removed at the end of the test.
+
+    Skipped, with the reason, where namespaces cannot be made (not Linux, not root,
+    no ``ip`` or ``nft``).
+    """
+    reason = netns_unavailable()
+    if reason is not None:
+        pytest.skip(f"no network partitions here: {reason}")
+    cluster = PartitionCluster(3, clients=3)
     cluster.start()
     try:
         yield cluster

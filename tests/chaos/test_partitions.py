@@ -1,0 +1,198 @@
+"""Network partitions between etcd members (Linux network namespaces, ``etcd_partition_cluster``).
+
+Every etcd member and every candidate process runs in a network namespace of its
+own; the nemesis cuts links between them while every process stays alive. The
+case Jepsen found most etcd-client bugs with is a client whose member is alive
+and answers TCP and gRPC pings but sits in the minority: its requests time out
+or fail with "no leader", and nothing at the transport level tells it to leave.
+
+The invariant is checked from etcd's own history, as in the rest of the chaos
+suite: at most one leader per revision, every fenced write landed in its own
+term, and the candidates' validity windows never overlap.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+from _support import (
+    CandidateProc,
+    History,
+    Procs,
+    analyse,
+    check_intervals,
+    check_logs_against_history,
+    fmt_times,
+    keys_under,
+    leading_periods,
+    report,
+    unmatched_elections,
+)
+from helpers import eventually
+
+from aioelect._connection import KV, Connection
+from aioelect.testing import PartitionCluster, netem_unavailable
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.chaos]
+
+TTL = 2
+RENEW_DEADLINE = TTL * 2 / 3  # the elector's default
+#: etcd expires a lease up to 0.5 s after its TTL (its expiry scan); the successor then
+#: needs its watch event and one read. Generous for a loaded 2-core machine.
+SUCCESSOR_SLACK = 4.0
+#: How long a client whose member is cut off from the others may take to work again
+#: through another member while the partition lasts.
+REJOIN_BOUND = 15.0
+
+
+@asynccontextmanager
+async def observer(cluster: PartitionCluster, member: str) -> AsyncIterator[Connection]:
+    """The test's own connection to ``member`` (its unix socket: no partition cuts it)."""
+    conn = cluster.connection(member)
+    await conn.connect()
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def spawn(
+    procs: Procs,
+    cluster: PartitionCluster,
+    ident: str,
+    client: str,
+    member: str,
+    prefix: str,
+    elections: list[str],
+    ttl: int = TTL,
+    interval: float = 0.05,
+) -> CandidateProc:
+    """A candidate process in ``client``'s namespace, with every member's endpoint,
+    ``member``'s first (pick_first connects to it)."""
+    return procs.spawn(
+        ident=ident,
+        endpoints=cluster.endpoints_from(member),
+        prefix=prefix,
+        elections=elections,
+        ttl=ttl,
+        interval=interval,
+        wrapper=cluster.exec_prefix(client),
+    )
+
+
+async def candidates(conn: Connection, prefix: str, election: str) -> list[KV]:
+    return await keys_under(conn, f"{prefix}/{election}/")
+
+
+def verify(procs: Procs, history: History, lines: list[str]) -> None:
+    """The invariant, from etcd's history and from the candidates' own reports."""
+    analysis = analyse(history)
+    events = procs.events()
+    assert not analysis.violations, analysis.violations
+    assert not check_logs_against_history(events, analysis)
+    periods, open_terms = leading_periods(events)
+    assert not open_terms, open_terms
+    assert not check_intervals(periods), check_intervals(periods)
+    assert not unmatched_elections(events, set())
+    failed = [e for e in events if e["event"] in ("run_failed", "garbage")]
+    assert not failed, failed
+    lines.append(f"etcd history: {analysis.summary()}")
+
+
+async def settle_raft(cluster: PartitionCluster) -> str:
+    """Wait until a majority names one raft leader; return it."""
+    found: list[str] = []
+
+    async def has_leader() -> bool:
+        leader = await cluster.raft_leader()
+        if leader is not None:
+            found[:] = [leader]
+        return leader is not None
+
+    await eventually(has_leader, timeout=20, what="a raft leader")
+    return found[0]
+
+
+@pytest.mark.parametrize("role", ["follower", "raft_leader"])
+async def test_leader_client_on_isolated_member(
+    role: str, etcd_partition_cluster: PartitionCluster, procs: Procs, etcd_prefix: str
+) -> None:
+    """The election leader's member is cut off from the other members (the client still
+    reaches all three): the leader's term ends by its renew deadline, a candidate on the
+    majority side leads within TTL + a bound, and the cut-off client campaigns and leads
+    again through a majority member while the partition lasts."""
+    cluster = etcd_partition_cluster
+    raft = await settle_raft(cluster)
+    others = [m for m in cluster.member_names if m != raft]
+    # The member to isolate, and one that stays in the majority with it gone.
+    target, majority = (others[0], raft) if role == "follower" else (raft, others[0])
+    with report(f"election leader's member ({role} {target}) isolated, ttl={TTL}") as lines:
+        async with (
+            observer(cluster, majority) as conn,
+            History(conn, etcd_prefix) as history,
+        ):
+            a = spawn(procs, cluster, "a", "c0", target, etcd_prefix, ["job"])
+            first = await a.wait("elected", timeout=30)
+            b = spawn(procs, cluster, "b", "c1", majority, etcd_prefix, ["job"])
+            await b.wait("ready", timeout=30)
+            await eventually(
+                lambda: _count(conn, etcd_prefix, "job", 2), timeout=20, what="b queued"
+            )
+            cluster.isolate_member(target)
+            cut = time.monotonic()
+            ended = await a.wait("ended", timeout=30, token=first["token"])
+            successor = await b.wait("elected", timeout=30)
+            lines.append(
+                f"isolated {target} ({role}); a's term ended {ended['t'] - cut:.3f} s after "
+                f"the cut (noticed {ended['noticed'] - cut:.3f} s), reason: {ended['reason']}"
+            )
+            lines.append(f"b (majority side) elected {successor['t'] - cut:.3f} s after the cut")
+            # The term was valid no longer than its renew deadline past the last renewal,
+            # which was sent before the cut.
+            assert ended["t"] <= cut + RENEW_DEADLINE
+            assert ended["t"] <= successor["t"]
+            assert successor["t"] - cut <= TTL + SUCCESSOR_SLACK
+            # While the partition lasts: the cut-off client's elector must campaign again
+            # (a new key of a's, on a new lease, in etcd) ...
+            await eventually(
+                lambda: _queued_again(conn, etcd_prefix, first["lease"]),
+                timeout=REJOIN_BOUND + 15,
+                what="a campaigns again while partitioned",
+            )
+            rejoined = time.monotonic() - cut
+            lines.append(f"a campaigns again through the majority: {rejoined:.3f} s after the cut")
+            # ... and lead once b leaves.
+            b.send("stop job")
+            again = await a.wait(
+                "elected", timeout=30, token=lambda t: t > successor["token"]
+            )
+            lines.append(
+                f"a leads again while partitioned: {again['t'] - cut:.3f} s after the cut "
+                f"(token {again['token']})"
+            )
+            await a.wait("write", timeout=15, token=again["token"])
+            assert cluster.network.cuts, "the partition lasted throughout"
+            assert rejoined <= REJOIN_BOUND, (
+                f"the cut-off client took {rejoined:.1f} s to work again through a "
+                f"majority member (bound {REJOIN_BOUND:g} s)"
+            )
+            cluster.heal()
+            for p in (a, b):
+                assert p.exit() == 0, p.stderr_tail()
+        verify(procs, history, lines)
+
+
+async def _count(conn: Connection, prefix: str, election: str, n: int) -> bool:
+    return len(await candidates(conn, prefix, election)) >= n
+
+
+async def _queued_again(conn: Connection, prefix: str, old_lease: int) -> bool:
+    return any(
+        kv.value == b"a" and kv.lease != old_lease
+        for kv in await candidates(conn, prefix, "job")
+    )
