@@ -398,11 +398,11 @@ class Network:
         self._apply_delays()
 
     def _apply_delays(self) -> None:
-        want = {
-            link: imp.netem()
-            for link, imp in self._impaired.items()
-            if imp.netem() is not None and link not in self._cuts
-        }
+        want: dict[tuple[str, str], str] = {}
+        for link, imp in self._impaired.items():
+            netem = imp.netem()
+            if netem is not None and link not in self._cuts:
+                want[link] = netem
         if want == self._delays:
             return
         reason = netem_unavailable() if want else None
@@ -430,7 +430,7 @@ class Network:
                     f"match ip src {self.address(src)}/32 flowid 1:{k:x}",
                 ]
         _run("tc", "-n", self.hub, "-batch", "-", stdin="\n".join(tc) + "\n")
-        self._delays = dict(want)  # type: ignore[arg-type]
+        self._delays = want
 
 
 class PartitionCluster:

@@ -253,7 +253,9 @@ class Member:
                     self.emit("write_unknown", election=name, token=token, error=str(exc))
                 else:
                     rec.writes += 1
-                    self.emit("write", election=name, token=token, key=key.decode())
+                    self.emit(
+                        "write", election=name, token=token, key=key.decode(), t=time.monotonic()
+                    )
                 with anyio.move_on_after(self.interval):
                     await stop.wait()
             return None
