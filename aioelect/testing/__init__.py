@@ -30,13 +30,13 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a venv wit
     ) from exc
 
 from ._cluster import EtcdCluster as EtcdCluster
-from ._plugin import EtcdServer as EtcdServer
 from ._partition import Impairment as Impairment
 from ._partition import NetnsError as NetnsError
 from ._partition import Network as Network
 from ._partition import PartitionCluster as PartitionCluster
 from ._partition import netem_unavailable as netem_unavailable
 from ._partition import netns_unavailable as netns_unavailable
+from ._plugin import EtcdServer as EtcdServer
 from ._proxy import FaultProxy as FaultProxy
 
 __all__ = (

@@ -115,10 +115,13 @@ def _probe() -> str | None:
     return _in_probe_ns(
         [
             ("ip", "link", "add", "name", "br0", "type", "bridge"),
-            ("nft", "add table bridge probe; add chain bridge probe c { type filter hook "
-             "forward priority 0; policy accept; }; add rule bridge probe c "
-             "ip saddr 10.0.0.1 numgen random mod 100 < 5 drop"),
-        ],  # fmt: skip
+            (
+                "nft",
+                "add table bridge probe; add chain bridge probe c { type filter hook "
+                "forward priority 0; policy accept; }; add rule bridge probe c "
+                "ip saddr 10.0.0.1 numgen random mod 100 < 5 drop",
+            ),
+        ],
         "nftables cannot filter a bridge in a network namespace",
     )
 
@@ -423,8 +426,7 @@ class Network:
                 if d != dst:
                     continue
                 tc += [
-                    f"class add dev p{dst} parent 1: classid 1:{k:x} htb rate 10gbit "
-                    "quantum 60000",
+                    f"class add dev p{dst} parent 1: classid 1:{k:x} htb rate 10gbit quantum 60000",
                     f"qdisc add dev p{dst} parent 1:{k:x} {netem}",
                     f"filter add dev p{dst} parent 1: protocol ip prio 1 u32 "
                     f"match ip src {self.address(src)}/32 flowid 1:{k:x}",
