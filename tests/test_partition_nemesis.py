@@ -16,19 +16,23 @@ _REASON = netns_unavailable()
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"no network partitions: {_REASON}")
 
 PORT = 9999
-#: Receives datagrams for a moment and prints how many arrived from each address.
+#: Counts datagrams per source address until told (a line on stdin) that every sender
+#: is done, then for as long as datagrams keep arriving.
 RECEIVER = """
-import collections, json, socket, sys
+import collections, json, socket, sys, threading
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[1], int(sys.argv[2])))
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.readline(), done.set()), daemon=True).start()
 print("ready", flush=True)
-s.settimeout(0.5)
+s.settimeout(0.2)
 n = collections.Counter()
-try:
-    while True:
+while True:
+    try:
         n[s.recvfrom(100)[1][0]] += 1
-except TimeoutError:
-    pass
+    except TimeoutError:
+        if done.is_set():
+            break
 print(json.dumps(n), flush=True)
 """
 #: Sends ``count`` datagrams to each address given.
@@ -65,6 +69,7 @@ def traffic(net: Network, links: list[tuple[str, str]], count: int) -> dict[tupl
                     net.address(dst),
                     str(PORT),
                 ],
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
             )
@@ -87,6 +92,10 @@ def traffic(net: Network, links: list[tuple[str, str]], count: int) -> dict[tupl
         ]
         for p in senders:
             assert p.wait(30) == 0
+        for r in receivers.values():
+            assert r.stdin is not None
+            r.stdin.write("done\n")
+            r.stdin.flush()
         got: dict[tuple[str, str], int] = {}
         for dst, r in receivers.items():
             assert r.stdout is not None
@@ -99,8 +108,9 @@ def traffic(net: Network, links: list[tuple[str, str]], count: int) -> dict[tupl
         for r in receivers.values():
             r.kill()
             r.wait()
-            if r.stdout is not None:
-                r.stdout.close()
+            for pipe in (r.stdin, r.stdout):
+                if pipe is not None:
+                    pipe.close()
 
 
 def delivered(net: Network, src: str, dst: str, count: int) -> int:
