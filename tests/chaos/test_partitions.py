@@ -27,12 +27,11 @@ from _support import (
     analyse,
     check_intervals,
     check_logs_against_history,
-    keys_under,
     leading_periods,
     report,
     unmatched_elections,
 )
-from helpers import eventually
+from helpers import eventually, keys_under
 
 from aioelect import EtcdError
 from aioelect._connection import KV, Connection
