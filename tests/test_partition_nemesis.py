@@ -13,7 +13,10 @@ import pytest
 from aioelect.testing import Impairment, Network, netns_unavailable
 
 _REASON = netns_unavailable()
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"no network partitions: {_REASON}")
+pytestmark = [
+    pytest.mark.partition,
+    pytest.mark.skipif(_REASON is not None, reason=f"no network partitions: {_REASON}"),
+]
 
 PORT = 9999
 #: Counts datagrams per source address until told (a line on stdin) that every sender

@@ -37,7 +37,7 @@ from aioelect import EtcdError
 from aioelect._connection import KV, Connection
 from aioelect.testing import PartitionCluster, netem_unavailable
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.chaos]
+pytestmark = [pytest.mark.asyncio, pytest.mark.chaos, pytest.mark.partition]
 
 TTL = 2
 RENEW_DEADLINE = TTL * 2 / 3  # the elector's default
