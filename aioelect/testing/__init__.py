@@ -12,6 +12,10 @@ The plugin is registered through the ``pytest11`` entry point, so installing
 - ``etcd_cluster``: an :class:`EtcdCluster` of 3 members on loopback.
 - ``fault_proxy``: a :class:`FaultProxy` in front of ``etcd`` that delays,
   blackholes or resets traffic.
+- ``etcd_partition_cluster``: a :class:`PartitionCluster`: 3 members and 3
+  client slots, each in a Linux network namespace of its own, whose links
+  its :class:`Network` cuts (isolate, split, bridge, one-way drop), loses or
+  delays; skipped where namespaces cannot be made (not root, no ``ip``/``nft``).
 - ``etcd_prefix``: a key prefix unique to the test.
 """
 
@@ -26,7 +30,23 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a venv wit
     ) from exc
 
 from ._cluster import EtcdCluster as EtcdCluster
+from ._partition import Impairment as Impairment
+from ._partition import NetnsError as NetnsError
+from ._partition import Network as Network
+from ._partition import PartitionCluster as PartitionCluster
+from ._partition import netem_unavailable as netem_unavailable
+from ._partition import netns_unavailable as netns_unavailable
 from ._plugin import EtcdServer as EtcdServer
 from ._proxy import FaultProxy as FaultProxy
 
-__all__ = ("EtcdCluster", "EtcdServer", "FaultProxy")
+__all__ = (
+    "EtcdCluster",
+    "EtcdServer",
+    "FaultProxy",
+    "Impairment",
+    "NetnsError",
+    "Network",
+    "PartitionCluster",
+    "netem_unavailable",
+    "netns_unavailable",
+)

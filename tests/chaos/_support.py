@@ -253,7 +253,9 @@ class Member:
                     self.emit("write_unknown", election=name, token=token, error=str(exc))
                 else:
                     rec.writes += 1
-                    self.emit("write", election=name, token=token, key=key.decode())
+                    self.emit(
+                        "write", election=name, token=token, key=key.decode(), t=time.monotonic()
+                    )
                 with anyio.move_on_after(self.interval):
                     await stop.wait()
             return None
@@ -369,10 +371,12 @@ class CandidateProc:
         log_dir: Path,
         interval: float = 0.1,
         extra: Iterable[str] = (),
+        wrapper: Iterable[str] = (),
     ) -> None:
         self.ident = ident
         self.stderr_path = log_dir / f"{ident}-{uuid.uuid4().hex[:6]}.stderr"
         cmd = [
+            *wrapper,  # e.g. ``ip netns exec NS`` (it execs: the pid stays the candidate's)
             sys.executable,
             str(CANDIDATE),
             "--id", ident,
