@@ -20,21 +20,28 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The long soak runs only when asked for: ``pytest tests/chaos -m slow``.
+    """The long soak and the partition tests run only when asked for.
 
-    A plain ``pytest`` runs the short soak instead (the ``slow`` marker is
-    otherwise only a way to deselect tests, so without this hook the default
-    run would include the long soak).
+    ``pytest tests/chaos -m slow`` runs the long soak (a plain ``pytest`` runs the short
+    soak instead); ``pytest -m partition`` runs the network-partition tests (Linux network
+    namespaces, root: about 1.5 minutes, run once by CI rather than on every Python). A
+    test asked for by node id always runs. Without this hook a marker is only a way to
+    deselect tests, so the default run would include both.
     """
-    if "slow" in (config.getoption("markexpr", "") or ""):
-        return
-    if any("[long]" in arg for arg in config.args):  # asked for by node id
-        return
+    markexpr = config.getoption("markexpr", "") or ""
+    by_id = [arg for arg in config.args if "::" in arg]
+    opt_in = {name for name in ("slow", "partition") if name in markexpr}
     keep: list[pytest.Item] = []
     dropped: list[pytest.Item] = []
     here = Path(__file__).parent
     for item in items:
-        if item.get_closest_marker("slow") is not None and here in Path(item.path).parents:
+        off = {
+            name
+            for name in ("slow", "partition")
+            if name not in opt_in and item.get_closest_marker(name) is not None
+        }
+        asked = any(item.nodeid.endswith(arg.split("tests/", 1)[-1]) for arg in by_id)
+        if off and here in Path(item.path).parents and not asked:
             dropped.append(item)
         else:
             keep.append(item)
