@@ -77,12 +77,14 @@ class LeadershipRunner:
         value: this process's value; default :func:`node_identity`, computed
             when the block is entered (so forks and ``gunicorn --preload``
             workers each get their own).
-        on_elected, on_stepped_down, on_leader_change, handover_barrier,
-            reclaim_stale: as for :meth:`Elector.leadership`. Before
-            ``on_stepped_down`` the runner cancels the term's
-            :meth:`leader_only` calls and waits for them, so with the
-            handover barrier (the default) they end before the successor
-            is elected.
+        on_elected: as for :meth:`Elector.leadership`.
+        on_stepped_down: as for :meth:`Elector.leadership`. Before it runs,
+            the runner cancels the term's :meth:`leader_only` calls and waits
+            for them, so with the handover barrier (the default) they end
+            before the successor is elected.
+        on_leader_change: as for :meth:`Elector.leadership`.
+        handover_barrier: as for :meth:`Elector.leadership`.
+        reclaim_stale: as for :meth:`Elector.leadership`.
         graceful_leave: on exit, hand leadership over to the youngest live
             candidate instead of resigning to the next in line (default True).
         leave_wait: on exit, how long the leader keeps leading while it
