@@ -102,9 +102,11 @@ def typing(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """The API reference from the docstrings (mkdocs + mkdocstrings), warnings as errors."""
-    session.install("-e", ".[docs]")
+    """The site (mkdocs-material + mkdocstrings), warnings as errors; then the doc tests
+    (code blocks, tutorial, links, rendering in headless Chromium) via scripts/docs-check.sh."""
+    session.install("-e", ".[docs,test]", "mypy")
     session.run("mkdocs", "build", "--strict", "-d", str(ROOT / "site"))
+    session.run("bash", "scripts/docs-check.sh", env={"PY": session.bin + "/python"}, external=True)
 
 
 @nox.session(python=PYTHONS)

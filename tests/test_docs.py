@@ -96,7 +96,9 @@ def test_metrics_reference_matches_the_collector() -> None:
     """The metrics table lists exactly the collector's metrics, with their labels."""
     metrics = exported_metrics()
     table = {}
-    for m in re.finditer(r"^\| `(aioelect_\w+)` \| (\w+) \| ([^|]*) \|", page("reference/metrics.md"), re.M):
+    for m in re.finditer(
+        r"^\| `(aioelect_\w+)` \| (\w+) \| ([^|]*) \|", page("reference/metrics.md"), re.M
+    ):
         table[m[1]] = set(re.findall(r"`(\w+)`", m[3]))
     documented = {n for n in metrics if not re.search(r"_(count|sum)$", n) or n[:-4] in metrics}
     base = {n for n in documented if not (n.endswith(("_count", "_sum")))}
@@ -118,7 +120,9 @@ def test_cli_reference_lists_every_option() -> None:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 assert f"`{name}" in text, name
-                seen += [o for a in sub._actions for o in a.option_strings if o not in ("-h", "--help")]
+                seen += [
+                    o for a in sub._actions for o in a.option_strings if o not in ("-h", "--help")
+                ]
         else:
             seen += [o for o in action.option_strings if o not in ("-h", "--help")]
     for option in seen:

@@ -1,10 +1,11 @@
-"""A griffe extension: Sphinx roles in docstrings become cross-references on the site.
+"""A griffe extension: Sphinx roles and reST markers in docstrings, made Markdown for the site.
 
 The docstrings use ``:class:`Term``` and the like (read by ``help()`` and IDEs). On
 the site, a role whose target is a public name (``aioelect.X``,
 ``aioelect.X.member``, ``aioelect.prometheus.X``, ``aioelect.testing.X``, or a
 member of the class or public module being documented) becomes a mkdocstrings
-cross-reference; any other target (a private helper) becomes plain code. No
+cross-reference; any other target (a private helper) becomes plain code, without its
+private module path. No
 raw role is left on a page (tests/test_docs_site.py checks).
 """
 
@@ -62,7 +63,8 @@ def convert(text: str, obj: griffe.Object) -> str:
     def replace(match: re.Match[str]) -> str:
         role, short, target = match.groups()
         target = target.strip()
-        label = target.rsplit(".", 1)[-1] if short else target
+        private = any(part.startswith("_") for part in target.split("."))
+        label = target.rsplit(".", 1)[-1] if short or private else target
         if role in ("meth", "func"):
             label += "()"
         candidates = [target] if target.startswith("aioelect.") else []
@@ -72,7 +74,10 @@ def convert(text: str, obj: griffe.Object) -> str:
                 return f"[`{label}`][{path}]"
         return f"`{label}`"
 
-    return ROLE.sub(replace, text)
+    text = ROLE.sub(replace, text)
+    # reST literal-block markers: "Usage::" reads "Usage:"; a "::" line alone goes.
+    text = re.sub(r"(\S)::$", r"\1:", text, flags=re.M)
+    return re.sub(r"^[ \t]*::[ \t]*\n", "", text, flags=re.M)
 
 
 class SphinxRoles(griffe.Extension):
