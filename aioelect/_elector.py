@@ -566,8 +566,8 @@ class Elector:
             error_backoff=error_backoff,
         )
 
-    #: The seed's name of :meth:`leadership`.
     create_leadership = leadership
+    """The seed's name (``CreateLeadership``) for :meth:`leadership`."""
 
     async def leader(self, name: str) -> LeaderInfo | None:
         """Return the current leader of election ``name``, or None when vacant.

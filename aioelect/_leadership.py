@@ -270,8 +270,8 @@ class Leadership:
         finally:
             self._running = False
 
-    #: The seed's name of :meth:`run`.
     election_loop = run
+    """The seed's name (``ElectionLoop``) for :meth:`run`."""
 
     def _run_ended(self, exc: BaseException) -> None:
         if isinstance(exc, asyncio.CancelledError):
