@@ -50,6 +50,7 @@ from ._mirror import Mirror, leader_info
 from ._models import CandidateInfo, ElectorStatistics, LeaderInfo
 from ._observe import Observer
 from ._session import Session
+from ._shards import OnShard, ShardGroup
 from ._term import RESIGNED, Term
 
 __all__ = ("Elector",)
@@ -568,6 +569,58 @@ class Elector:
 
     create_leadership = leadership
     """The seed's name (``CreateLeadership``) for :meth:`leadership`."""
+
+    def shards(
+        self,
+        group: str,
+        *,
+        size: int,
+        value: str | bytes,
+        member_id: str | None = None,
+        on_assigned: OnShard | None = None,
+        on_revoked: OnShard | None = None,
+        claim_delay: Duration = 0.5,
+        leave_wait: Duration | None = None,
+    ) -> ShardGroup:
+        """Join shard group ``group``: ``size`` shards spread over its live members.
+
+        See :class:`ShardGroup` and the README's "Shards" section. Every
+        member of a group must use the same ``size``.
+
+        Args:
+            group: the group's name (election name rules); shard ``i`` is the
+                election ``{group}.shard-{i:04d}``.
+            size: the number of shards, 1 to 10,000.
+            value: this member's value (its membership key's and its shard
+                keys' value).
+            member_id: this member's id, unique in the group (default: random);
+                members are ordered by it.
+            on_assigned: ``async (shard) -> None``, awaited when a shard is
+                assigned; cancelled when its term ends or it is handed over.
+            on_revoked: ``async (shard) -> None``, awaited once at every end of
+                a shard's term (bounded by the TTL), before the next owner's
+                ``on_assigned`` starts on a handover.
+            claim_delay: how long a shard left without any candidate by a
+                vanished member waits before it is claimed (default 0.5 s), so
+                that a member back from a brief session loss gets it back.
+            leave_wait: on a graceful leave, how long each shard waits for its
+                new owner to queue before it is resigned (default: the TTL).
+
+        Raises:
+            ConfigError: a bad argument (before any I/O).
+        """
+        self._check_usable()
+        return ShardGroup(
+            self,
+            group,
+            size=size,
+            value=value,
+            member_id=member_id,
+            on_assigned=on_assigned,
+            on_revoked=on_revoked,
+            claim_delay=claim_delay,
+            leave_wait=leave_wait,
+        )
 
     async def leader(self, name: str) -> LeaderInfo | None:
         """Return the current leader of election ``name``, or None when vacant.

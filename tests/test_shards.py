@@ -1,0 +1,223 @@
+"""Shard groups against a real etcd: exclusive, balanced, sticky, graceful leave."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import anyio
+import pytest
+import pytest_asyncio
+from helpers import ElectorFactory, eventually
+
+import aioelect
+from aioelect._connection import Connection
+from aioelect._keys import prefix_range_end
+from aioelect._shards import members_prefix
+
+pytestmark = pytest.mark.asyncio
+
+
+async def ownership(conn: Connection, prefix: str, group: str) -> dict[int, str | None]:
+    """Each shard's owner (member id) as etcd has it now: one read, one revision."""
+    root = f"{prefix}/".encode()
+    kvs = (await conn.range_all(root, prefix_range_end(root))).kvs
+    mpre = members_prefix(prefix, group)
+    by_lease = {kv.lease: kv.key[len(mpre) :].decode() for kv in kvs if kv.key.startswith(mpre)}
+    first: dict[int, tuple[int, bytes, int]] = {}
+    spre = f"{prefix}/{group}.shard-".encode()
+    for kv in kvs:
+        if not kv.key.startswith(spre):
+            continue
+        index = int(kv.key[len(spre) :].split(b"/", 1)[0])
+        rank = (kv.create_revision, kv.key, kv.lease)
+        if index not in first or rank < first[index]:
+            first[index] = rank
+    return {i: by_lease.get(first[i][2], "?") for i in first}
+
+
+def balanced(owners: dict[int, str | None], size: int, members: list[str]) -> bool:
+    if len(owners) != size or any(o not in members for o in owners.values()):
+        return False
+    counts = Counter(owners.values())
+    sizes = [counts.get(m, 0) for m in members]
+    return max(sizes) - min(sizes) <= 1
+
+
+async def wait_balanced(
+    conn: Connection, prefix: str, group: str, size: int, groups: list[aioelect.ShardGroup]
+) -> dict[int, str | None]:
+    """Until etcd shows every shard owned, balanced within one, and each member owning
+    exactly what its own view says (valid terms)."""
+    members = [g.member_id for g in groups]
+    last: dict[int, str | None] = {}
+
+    async def check() -> bool:
+        nonlocal last
+        last = await ownership(conn, prefix, group)
+        if not balanced(last, size, members):
+            return False
+        return all(
+            set(g.owned) == {i for i, o in last.items() if o == g.member_id} for g in groups
+        )
+
+    await eventually(check, timeout=20, what=f"balance over {members}")
+    return last
+
+
+@pytest_asyncio.fixture
+async def stack() -> AsyncIterator[AsyncExitStack]:
+    async with AsyncExitStack() as s:
+        yield s
+
+
+async def test_bad_input_raises_before_io(make_elector: ElectorFactory) -> None:
+    """size, group, value, callbacks and durations are checked with ConfigError, naming the field."""
+    elector = await make_elector()
+    for kwargs, field in [
+        ({"size": 0}, "size"),
+        ({"size": 10_001}, "size"),
+        ({"size": True}, "size"),
+        ({"size": "8"}, "size"),
+        ({"group": "a/b"}, "group"),
+        ({"group": ""}, "group"),
+        ({"value": 3}, "value"),
+        ({"on_assigned": lambda s: None}, "on_assigned"),
+        ({"claim_delay": -1}, "claim_delay"),
+        ({"member_id": "x/y"}, "member_id"),
+    ]:
+        args = {"group": "g", "size": 4, "value": "v", **kwargs}
+        group = args.pop("group")
+        with pytest.raises(aioelect.ConfigError) as info:
+            elector.shards(group, **args)  # type: ignore[arg-type]
+        assert info.value.field == field, kwargs
+    assert elector.statistics().campaigns == 0
+
+
+async def test_balance_join_leave(
+    make_elector: ElectorFactory, raw: Connection, etcd_prefix: str, stack: AsyncExitStack
+) -> None:
+    """64 shards over 3, then 4 members (a join moves only what balance needs), then a
+    graceful leave moves only the leaver's shards; every handover keeps the barrier."""
+    size = 64
+    events: list[tuple[str, str, int, int]] = []  # (kind, member, shard, token)
+    active: dict[int, str] = {}
+    overlaps: list[int] = []
+
+    def make_callbacks(member: str):  # type: ignore[no-untyped-def]
+        async def assigned(shard: aioelect.Shard) -> None:
+            if shard.index in active:
+                overlaps.append(shard.index)
+            active[shard.index] = member
+            events.append(("assigned", member, shard.index, shard.token))
+
+        async def revoked(shard: aioelect.Shard) -> None:
+            await anyio.sleep(0.01)  # cleanup that takes a while: the successor must wait
+            if active.get(shard.index) == member:
+                del active[shard.index]
+            events.append(("revoked", member, shard.index, shard.token))
+
+        return assigned, revoked
+
+    groups: list[aioelect.ShardGroup] = []
+
+    async def join(member: str) -> aioelect.ShardGroup:
+        elector = await make_elector()
+        assigned, revoked = make_callbacks(member)
+        g = elector.shards(
+            "jobs",
+            size=size,
+            value=member,
+            member_id=member,
+            on_assigned=assigned,
+            on_revoked=revoked,
+        )
+        await stack.enter_async_context(g)
+        groups.append(g)
+        return g
+
+    for m in ("m1", "m2", "m3"):
+        await join(m)
+    before = await wait_balanced(raw, etcd_prefix, "jobs", size, groups)
+    assert sorted(Counter(before.values()).values()) == [21, 21, 22]
+
+    await join("m0")  # sorts first
+    after = await wait_balanced(raw, etcd_prefix, "jobs", size, groups)
+    moved = sum(1 for i in range(size) if before[i] != after[i])
+    assert moved == 64 - 3 * 16  # each old member gives up exactly its excess: 16 moves
+    assert all(after[i] == before[i] for i in range(size) if after[i] != "m0")
+
+    leaver = groups[1]  # m2
+    gone = {i for i, o in after.items() if o == leaver.member_id}
+    await leaver.__aexit__(None, None, None)
+    groups.remove(leaver)
+    final = await wait_balanced(raw, etcd_prefix, "jobs", size, groups)
+    changed = {i for i in range(size) if after[i] != final[i]}
+    assert changed == gone
+    assert not overlaps
+    # tokens only grow per shard
+    last: dict[int, int] = {}
+    for kind, _, shard, token in events:
+        if kind == "assigned":
+            assert token > last.get(shard, 0)
+            last[shard] = token
+
+
+async def test_block_style_events_and_statistics(
+    make_elector: ElectorFactory, raw: Connection, etcd_prefix: str
+) -> None:
+    """async with: events() reports assignments, owned has valid terms, statistics agree."""
+    elector = await make_elector()
+    async with elector.shards("solo", size=4, value="a") as group:
+        stream = group.events()
+        seen: set[int] = set()
+        async for event in stream:
+            assert event.kind == "assigned"
+            seen.add(event.shard.index)
+            if len(seen) == 4:
+                break
+        owned = group.owned
+        assert set(owned) == {0, 1, 2, 3}
+        assert all(s.term.is_valid for s in owned.values())
+        ok, _ = await owned[2].term.transaction(
+            success=[elector.client.transactions.put(f"{etcd_prefix}-data/2".encode(), b"x")]
+        )
+        assert ok
+        stats = group.statistics()
+        assert stats.owned == (0, 1, 2, 3)
+        assert stats.targeted == (0, 1, 2, 3)
+        assert stats.members == 1
+    # left: every key of the group is gone at once
+    root = f"{etcd_prefix}/".encode()
+    assert (await raw.range_all(root, prefix_range_end(root))).kvs == []
+    assert group.statistics().revoked == 4
+
+
+async def test_crash_frees_shards_and_session_loss_is_sticky(
+    make_elector: ElectorFactory, raw: Connection, etcd_prefix: str, stack: AsyncExitStack
+) -> None:
+    """A member whose lease is revoked (a lost session) gets its shards back (nobody took
+    them: sticky); a member gone for good (elector closed abruptly) has its shards taken."""
+    size = 16
+    groups = []
+    electors = []
+    for m in ("a", "b"):
+        elector = await make_elector()
+        electors.append(elector)
+        g = elector.shards("s", size=size, value=m, member_id=m)
+        await stack.enter_async_context(g)
+        groups.append(g)
+    before = await wait_balanced(raw, etcd_prefix, "s", size, groups)
+    lease = electors[1].statistics().lease_id
+    assert lease is not None
+    await raw.revoke(lease)  # b's session is lost; it re-registers with a new one
+    await eventually(
+        lambda: _later(electors[1].statistics().lease_id not in (None, lease)), what="new session"
+    )
+    after = await wait_balanced(raw, etcd_prefix, "s", size, groups)
+    assert after == before
+
+
+async def _later(value: bool) -> bool:
+    return value
