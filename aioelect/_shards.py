@@ -37,7 +37,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from anyio.abc import TaskGroup
@@ -62,6 +62,8 @@ __all__ = (
     "ShardGroup",
     "ShardGroupStatistics",
     "members_prefix",
+    "read_shards",
+    "running_groups",
     "shard_name",
 )
 
@@ -70,6 +72,15 @@ log = logging.getLogger("aioelect")
 #: The most shards a group may have (indices are 4 digits in the key names).
 MAX_SHARDS = 10_000
 _MEMBERS = "\x00members"
+
+
+#: The groups running now (for metrics and health: see :func:`running_groups`).
+_running: set[ShardGroup] = set()
+
+
+def running_groups(elector: Elector) -> list[ShardGroup]:
+    """The shard groups of ``elector`` whose :meth:`ShardGroup.run` runs now."""
+    return sorted((g for g in list(_running) if g._elector is elector), key=lambda g: g.group)
 
 
 def shard_name(group: str, index: int) -> str:
@@ -255,6 +266,32 @@ class ShardGroup:
             handed_over=self._handed_over,
         )
 
+    def health(self) -> dict[str, Any]:
+        """A JSON-able report for a health endpoint (local state only, no request).
+
+        ``ready`` is True while :meth:`run` runs and the member is registered in
+        the group; ``shards`` lists the owned shards with their token and the
+        seconds their term stays valid without another renewal.
+        """
+        stats = self.statistics()
+        owned = self.owned
+        registered = self._member_key in self._members_view().kvs
+        return {
+            "group": self.group,
+            "member": self.member_id,
+            "state": self._state,
+            "ready": self._state == "running" and registered and not self._leaving,
+            "size": self.size,
+            "members": stats.members,
+            "balanced": stats.balanced,
+            "owned": len(owned),
+            "targeted": len(stats.targeted),
+            "shards": [
+                {"index": i, "token": s.token, "expires_in": round(s.term.expires_in(), 3)}
+                for i, s in owned.items()
+            ],
+        }
+
     def events(self) -> AsyncIterator[ShardEvent]:
         """Assignment events from now on, queued while not read; ends when the group stops."""
         send, receive = anyio.create_memory_object_stream[ShardEvent](math.inf)
@@ -292,6 +329,7 @@ class ShardGroup:
             raise ConfigError("group", f"this Elector already uses election {taken[0]!r}")
         busy.update(mine)
         self._state = "running"
+        _running.add(self)
         try:
             async with anyio.create_task_group() as tg:
                 register_scope = anyio.CancelScope()
@@ -303,6 +341,7 @@ class ShardGroup:
             self._state = "failed"
             raise
         finally:
+            _running.discard(self)
             busy.difference_update(mine)
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout()):
                 await self._unregister()
@@ -365,7 +404,9 @@ class ShardGroup:
             kv = self._members_view().kvs.get(self._member_key)
             if (kv is None or kv.lease != session.lease_id) and not self._leaving:
                 try:
-                    await conn.txn([], [conn.op_put(self._member_key, self.value, session.lease_id)])
+                    await conn.txn(
+                        [], [conn.op_put(self._member_key, self.value, session.lease_id)]
+                    )
                     log.info(
                         "shard group %r: member %s joined (lease %x)",
                         self.group,
@@ -507,7 +548,9 @@ class ShardGroup:
                     try:
                         await self._on_assigned(shard)
                     except Exception:
-                        log.exception("shard group %r: on_assigned of shard %d", self.group, slot.index)
+                        log.exception(
+                            "shard group %r: on_assigned of shard %d", self.group, slot.index
+                        )
                 await anyio.sleep_forever()
         finally:
             term._drop_scope(scope)
@@ -626,3 +669,64 @@ class _Events:
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             self._receive.close()
             raise StopAsyncIteration from None
+
+
+@dataclass(frozen=True)
+class ShardOwner:
+    """Who owns one shard, as etcd has it (see :func:`read_shards`).
+
+    Attributes:
+        index: the shard's number.
+        member: the owner's member id, or None when the owner's key belongs
+            to no live member (e.g. ``etcdctl elect``, or a member leaving).
+        value: the owner key's value.
+        token: the owner's fencing token (its key's create revision).
+        queued: candidates waiting behind the owner.
+    """
+
+    index: int
+    member: str | None
+    value: bytes
+    token: int
+    queued: int
+
+
+async def read_shards(elector: Elector, group: str) -> tuple[dict[str, bytes], list[ShardOwner]]:
+    """The live members of ``group`` (id -> value) and the owner of each owned shard.
+
+    One paginated read at one revision (shards without any candidate are left
+    out); cancelling it leaves nothing behind.
+    """
+    elector._check_usable()
+    group = check_name(group, "group")
+    root = f"{elector.prefix}/{group}".encode()
+    # The members (``{group}\\0members/``) and the shards (``{group}.shard-``) sort
+    # between ``{group}\\0`` and ``{group}/``.
+    kvs = (await elector._conn.range_all(root + b"\x00", root + b"/")).kvs
+    mpre = members_prefix(elector.prefix, group)
+    spre = root + b".shard-"
+    members: dict[str, bytes] = {}
+    by_lease: dict[int, str] = {}
+    shards: dict[int, list[KV]] = {}
+    for kv in kvs:
+        if kv.key.startswith(mpre):
+            member = kv.key[len(mpre) :].decode(errors="replace")
+            members[member] = kv.value
+            by_lease[kv.lease] = member
+        elif kv.key.startswith(spre):
+            index, slash, _ = kv.key[len(spre) :].partition(b"/")
+            if slash and index.isdigit():
+                shards.setdefault(int(index), []).append(kv)
+    owners = []
+    for index in sorted(shards):
+        first = min(shards[index], key=lambda kv: (kv.create_revision, kv.key))
+        owners.append(
+            ShardOwner(
+                index,
+                by_lease.get(first.lease),
+                first.value,
+                first.create_revision,
+                len(shards[index]) - 1,
+            )
+        )
+    return members, owners

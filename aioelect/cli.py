@@ -143,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     cands.add_argument("name")
     cands.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    shards = sub.add_parser(
+        "shards", help="list the members of shard group GROUP and who owns what"
+    )
+    shards.add_argument("group")
+    shards.add_argument("--json", action="store_true", help="one JSON object per shard")
+
     demo = sub.add_parser("demo", help="three candidates on an embedded etcd, with failovers")
     demo.add_argument("--plain", action="store_true", help="plain lines, no live view")
     return p
@@ -189,6 +195,37 @@ async def _cmd_candidates(args: argparse.Namespace) -> int:
                 print(json.dumps(_info_dict(c)))
             else:
                 print(f"{c.value.decode(errors='replace')}\ttoken={c.token}\t{c.key.decode()}")
+    return 0
+
+
+async def _cmd_shards(args: argparse.Namespace) -> int:
+    from ._shards import read_shards
+
+    async with _elector(args) as elector:
+        members, owners = await read_shards(elector, args.group)
+    if args.json:
+        for o in owners:
+            print(
+                json.dumps(
+                    {
+                        "shard": o.index,
+                        "member": o.member,
+                        "token": o.token,
+                        "value": o.value.decode(errors="replace"),
+                        "queued": o.queued,
+                    }
+                )
+            )
+        return 0
+    for member in sorted(members):
+        mine = [o.index for o in owners if o.member == member]
+        print(
+            f"{member}\t{members[member].decode(errors='replace')}\t{len(mine)} shards\t"
+            f"{','.join(map(str, mine))}"
+        )
+    orphans = [o.index for o in owners if o.member is None]
+    if orphans:
+        print(f"(no live member)\t\t{len(orphans)} shards\t{','.join(map(str, orphans))}")
     return 0
 
 
@@ -441,6 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "observe": _cmd_observe,
         "leader": _cmd_leader,
         "candidates": _cmd_candidates,
+        "shards": _cmd_shards,
     }
     try:
         if args.command == "demo":

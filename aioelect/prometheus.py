@@ -32,6 +32,8 @@ default namespace ``aioelect``:
 ``aioelect_lease_expires_in_seconds``   gauge    seconds until etcd may expire the lease (or 0)
 ``aioelect_callback_errors_total``      counter  exceptions raised by a Leadership's callbacks,
                                                  by ``election`` and ``callback``
+``aioelect_shards_owned{group,member}``  gauge   shards this member of a running shard group owns
+``aioelect_shards_targeted{group,member}`` gauge shards the group's current plan gives it
 ======================================  =======  ==============================================
 
 ``aioelect_callback_errors_total{election,callback}`` has a sample for
@@ -69,6 +71,8 @@ except ImportError as exc:
         "aioelect.prometheus needs the prometheus-client package: "
         "pip install 'aioelect[prometheus]'"
     ) from exc
+
+from ._shards import running_groups
 
 if TYPE_CHECKING:
     from ._elector import Elector
@@ -150,6 +154,12 @@ class ElectorCollector(Collector):
             "lease_expires_in_seconds",
             "Seconds until etcd may expire the session lease, at the latest (0 without one).",
         )
+        gauge("shards_owned", "Shards of a shard group this member owns now.", ("group", "member"))
+        gauge(
+            "shards_targeted",
+            "Shards of a shard group its current plan gives this member.",
+            ("group", "member"),
+        )
         return families
 
     def collect(self) -> Iterable[Metric]:
@@ -177,6 +187,11 @@ class ElectorCollector(Collector):
         f["lease_expires_in_seconds"].add_metric(prefix, stats.lease_expires_in or 0.0)
         for (election, callback), count in sorted(elector._callback_error_counts().items()):
             f["callback_errors"].add_metric([*prefix, election, callback], count)
+        for group in running_groups(elector):
+            shard_stats = group.statistics()
+            labels = [*prefix, shard_stats.group, shard_stats.member]
+            f["shards_owned"].add_metric(labels, len(shard_stats.owned))
+            f["shards_targeted"].add_metric(labels, len(shard_stats.targeted))
         return [*f.values(), summary]
 
     def _summary(self) -> SummaryMetricFamily:

@@ -12,6 +12,7 @@ import pytest_asyncio
 from helpers import ElectorFactory, eventually
 
 import aioelect
+import aioelect.testing
 from aioelect._connection import Connection
 from aioelect._keys import prefix_range_end
 from aioelect._shards import members_prefix
@@ -221,3 +222,48 @@ async def test_crash_frees_shards_and_session_loss_is_sticky(
 
 async def _later(value: bool) -> bool:
     return value
+
+
+async def test_cli_health_and_metrics(
+    make_elector: ElectorFactory, etcd: aioelect.testing.EtcdServer, etcd_prefix: str
+) -> None:
+    """`aioelect shards GROUP` lists members and owners; health() and the Prometheus gauge agree."""
+    import json
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry
+
+    import aioelect.prometheus
+
+    elector = await make_elector()
+    async with elector.shards("cli", size=6, value="worker-1", member_id="w1") as group:
+        await eventually(lambda: _later(len(group.owned) == 6), what="all 6 shards")
+        registry = CollectorRegistry()
+        aioelect.prometheus.register(elector, registry=registry)
+        try:
+            owned = registry.get_sample_value(
+                "aioelect_shards_owned",
+                {"prefix": etcd_prefix, "group": "cli", "member": "w1"},
+            )
+        finally:
+            aioelect.prometheus.unregister(elector, registry=registry)
+        assert owned == 6.0
+        report = group.health()
+        assert report["ready"] is True
+        assert report["owned"] == 6
+        assert json.loads(json.dumps(report)) == report
+        base = [sys.executable, "-m", "aioelect", "--endpoints", etcd.endpoint, "--prefix", etcd_prefix]
+        out = await anyio.to_thread.run_sync(
+            lambda: subprocess.run([*base, "shards", "cli"], capture_output=True, check=True)
+        )
+        assert out.stdout.decode().split("\t")[:3] == ["w1", "worker-1", "6 shards"]
+        out = await anyio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [*base, "shards", "cli", "--json"], capture_output=True, check=True
+            )
+        )
+        rows = [json.loads(line) for line in out.stdout.decode().splitlines()]
+        assert [r["shard"] for r in rows] == list(range(6))
+        assert {r["member"] for r in rows} == {"w1"}
+    assert group.health()["ready"] is False

@@ -52,7 +52,7 @@ MEMBER = HERE / "shard_member.py"
 class ShardProc(CandidateProc):
     """One ``shard_member.py`` process (CandidateProc's event reader, pause and kill)."""
 
-    def __init__(  # noqa: PLR0913
+    def __init__(
         self, *, ident: str, endpoints: Iterable[str], prefix: str, ttl: int, log_dir: Path
     ) -> None:
         self.ident = ident
