@@ -30,6 +30,7 @@ as soon as its target queued (bounded by ``leave_wait``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -40,6 +41,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from typing_extensions import Self
@@ -48,7 +50,7 @@ from ._campaign import campaign
 from ._config import Duration, check_candidate_size, check_name, to_bytes, value_limit
 from ._connection import KV
 from ._exceptions import AioelectError, ConfigError, EtcdError, NoSuchCandidate, NotLeader
-from ._mirror import ElectionView
+from ._mirror import ElectionView, Mirror
 from ._shardplan import plan
 from ._term import Term
 
@@ -357,7 +359,7 @@ class ShardGroup:
     async def __aenter__(self) -> Self:
         self._elector._check_usable()
         self._task = asyncio.get_running_loop().create_task(self.run())
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         if self._task.done():
             self._task.result()
         return self
@@ -420,7 +422,7 @@ class ShardGroup:
                     await anyio.sleep(0.05)
                     continue
             lost = anyio.Event()
-            unsubscribe = session.on_lost(lambda _reason: lost.set())
+            unsubscribe = session.on_lost(_setter(lost))
             try:
                 with anyio.move_on_after(1.0):  # a key deleted by someone: put it back
                     await lost.wait()
@@ -459,9 +461,7 @@ class ShardGroup:
         unregistered = False
         while True:
             self._elector._check_usable()
-            changed = anyio.Event()
-            if not mirror.when_seen(mirror.seen_revision + 1, lambda _exc: changed.set()):
-                changed.set()
+            changed = _next_change(mirror)
             by_lease, owners, empty = self._read()
             members = set(by_lease.values())
             self._members = len(members)
@@ -609,9 +609,7 @@ class ShardGroup:
                     except (NoSuchCandidate, NotLeader, EtcdError) as exc:
                         log.debug("shard %r: handover failed: %s", term.name, exc)
                         break
-                changed = anyio.Event()
-                if not mirror.when_seen(mirror.seen_revision + 1, lambda _e: changed.set()):
-                    changed.set()
+                changed = _next_change(mirror)
                 with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
                     await changed.wait()
             await term.resign()
@@ -631,10 +629,23 @@ class ShardGroup:
 
     def _emit(self, event: ShardEvent) -> None:
         for send in self._streams:
-            try:
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                 send.send_nowait(event)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                pass
+
+
+def _next_change(mirror: Mirror) -> anyio.Event:
+    """An event set when the mirror applies its next change (or stops)."""
+    event = anyio.Event()
+    if not mirror.when_seen(mirror.seen_revision + 1, _setter(event)):
+        event.set()
+    return event
+
+
+def _setter(event: anyio.Event) -> Callable[[object], None]:
+    def set_it(_: object) -> None:
+        event.set()
+
+    return set_it
 
 
 def _next_after(view: ElectionView, key: bytes) -> KV | None:
@@ -714,9 +725,9 @@ async def read_shards(elector: Elector, group: str) -> tuple[dict[str, bytes], l
             members[member] = kv.value
             by_lease[kv.lease] = member
         elif kv.key.startswith(spre):
-            index, slash, _ = kv.key[len(spre) :].partition(b"/")
-            if slash and index.isdigit():
-                shards.setdefault(int(index), []).append(kv)
+            digits, slash, _ = kv.key[len(spre) :].partition(b"/")
+            if slash and digits.isdigit():
+                shards.setdefault(int(digits), []).append(kv)
     owners = []
     for index in sorted(shards):
         first = min(shards[index], key=lambda kv: (kv.create_revision, kv.key))

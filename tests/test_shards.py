@@ -59,9 +59,7 @@ async def wait_balanced(
         last = await ownership(conn, prefix, group)
         if not balanced(last, size, members):
             return False
-        return all(
-            set(g.owned) == {i for i, o in last.items() if o == g.member_id} for g in groups
-        )
+        return all(set(g.owned) == {i for i, o in last.items() if o == g.member_id} for g in groups)
 
     await eventually(check, timeout=20, what=f"balance over {members}")
     return last
@@ -74,7 +72,7 @@ async def stack() -> AsyncIterator[AsyncExitStack]:
 
 
 async def test_bad_input_raises_before_io(make_elector: ElectorFactory) -> None:
-    """size, group, value, callbacks and durations are checked with ConfigError, naming the field."""
+    """Bad size, group, value, callback or duration: ConfigError naming the field, no I/O."""
     elector = await make_elector()
     for kwargs, field in [
         ({"size": 0}, "size"),
@@ -253,7 +251,15 @@ async def test_cli_health_and_metrics(
         assert report["ready"] is True
         assert report["owned"] == 6
         assert json.loads(json.dumps(report)) == report
-        base = [sys.executable, "-m", "aioelect", "--endpoints", etcd.endpoint, "--prefix", etcd_prefix]
+        base = [
+            sys.executable,
+            "-m",
+            "aioelect",
+            "--endpoints",
+            etcd.endpoint,
+            "--prefix",
+            etcd_prefix,
+        ]
         out = await anyio.to_thread.run_sync(
             lambda: subprocess.run([*base, "shards", "cli"], capture_output=True, check=True)
         )

@@ -92,7 +92,9 @@ async def main(args: argparse.Namespace) -> None:
     async def stdin_closed() -> None:
         await anyio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
 
-    async with aioelect.Elector(endpoints=args.endpoints, prefix=args.prefix, ttl=args.ttl) as elector:
+    async with aioelect.Elector(
+        endpoints=args.endpoints, prefix=args.prefix, ttl=args.ttl
+    ) as elector:
         group = elector.shards(
             args.group,
             size=args.size,

@@ -36,11 +36,11 @@ from _support import (
 from helpers import eventually
 
 from aioelect._connection import Connection
+from aioelect._embedded import EtcdProcess
+from aioelect._exceptions import EtcdError
 from aioelect._keys import prefix_range_end
 from aioelect._shards import members_prefix
 from aioelect.testing import EtcdServer, FaultProxy
-from aioelect._embedded import EtcdProcess
-from aioelect._exceptions import EtcdError
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.chaos]
 
@@ -97,7 +97,9 @@ async def ownership(conn: Connection, prefix: str) -> dict[int, str]:
     return {i: by_lease.get(r[2], "?") for i, r in first.items()}
 
 
-async def balanced(conn: Connection, prefix: str, members: list[str], timeout: float) -> dict[int, str]:
+async def balanced(
+    conn: Connection, prefix: str, members: list[str], timeout: float
+) -> dict[int, str]:
     """Wait until etcd shows all shards owned by ``members``, each with 64/N +- 1."""
     last: dict[int, str] = {}
 
@@ -145,7 +147,7 @@ async def test_shards_under_process_and_network_faults(
             a = spawn(procs, ident="a", endpoints=etcd.endpoints, **common)
             b = spawn(procs, ident="b", endpoints=etcd.endpoints, **common)
             c = spawn(procs, ident="c", endpoints=etcd.endpoints, **common)
-            d = spawn(procs, ident="d", endpoints=[fault_proxy.endpoint], **common)
+            spawn(procs, ident="d", endpoints=[fault_proxy.endpoint], **common)
             t0 = time.monotonic()
             await balanced(raw, etcd_prefix, ["a", "b", "c", "d"], timeout=20)
             lines.append(f"cold start of 4 processes balanced in {time.monotonic() - t0:.2f} s")
@@ -161,14 +163,18 @@ async def test_shards_under_process_and_network_faults(
             b.resume()
             await b.wait("woke")
             await balanced(raw, etcd_prefix, ["a", "b", "d"], timeout=bound)
-            lines.append(f"SIGSTOP past the TTL and back: balanced in {time.monotonic() - t0:.2f} s")
+            lines.append(
+                f"SIGSTOP past the TTL and back: balanced in {time.monotonic() - t0:.2f} s"
+            )
 
             t0 = time.monotonic()
             fault_proxy.blackhole()
             await balanced(raw, etcd_prefix, ["a", "b"], timeout=bound)
             fault_proxy.heal()
             await balanced(raw, etcd_prefix, ["a", "b", "d"], timeout=bound + 5)
-            lines.append(f"blackhole past the TTL and back: balanced in {time.monotonic() - t0:.2f} s")
+            lines.append(
+                f"blackhole past the TTL and back: balanced in {time.monotonic() - t0:.2f} s"
+            )
 
             t0 = time.monotonic()
             spawn(procs, ident="e", endpoints=etcd.endpoints, **common)
