@@ -600,9 +600,11 @@ class Elector:
             on_revoked: ``async (shard) -> None``, awaited once at every end of
                 a shard's term (bounded by the TTL), before the next owner's
                 ``on_assigned`` starts on a handover.
-            claim_delay: how long a shard left without any candidate by a
-                vanished member waits before it is claimed (default 0.5 s), so
-                that a member back from a brief session loss gets it back.
+            claim_delay: shards without any candidate are claimed once the
+                membership has been stable this long (default 0.5 s): members
+                starting together each claim their own share (no handovers),
+                and a member back from a brief session loss gets its shards
+                back. It adds to the time a crashed member's shards wait.
             leave_wait: on a graceful leave, how long each shard waits for its
                 new owner to queue before it is resigned (default: the TTL).
 

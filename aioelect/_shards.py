@@ -17,10 +17,12 @@ it, and hands over each shard it owns that is targeted elsewhere: the work
 is cancelled, ``on_revoked`` awaited (bounded by the TTL), and only then is
 the key transferred to the target's queued candidate (or resigned): the
 target's ``on_assigned`` starts after the predecessor's ``on_revoked``
-returned (the per-shard barrier). A shard left without any candidate by a
-member that vanished (crash, or a lost session) is claimed only after
-``claim_delay``: a member that lost its session re-registers within it and
-gets its shards back (it is the only member below its quota).
+returned (the per-shard barrier). A shard without any candidate (at a
+cold start, or left by a member that crashed or lost its session) is claimed
+only once the membership has been stable for ``claim_delay``: members that
+start together claim each its own share at once (no handovers), and a member
+that lost its session re-registers within it and gets its shards back (it is
+the only member below its quota).
 
 Graceful leave (:meth:`ShardGroup.stop`): the membership key goes first, the
 other members queue for the leaver's shards at once, and each is handed over
@@ -229,7 +231,8 @@ class ShardGroup:
         self._mprefix = members_prefix(elector.prefix, self.group)
         self._member_key = self._mprefix + self.member_id.encode()
         self._slots: dict[int, _Slot] = {}
-        self._last_owner: list[str | None] = [None] * size
+        self._member_set: frozenset[str] = frozenset()
+        self._settle_at = 0.0
         self._targets: tuple[str | None, ...] = (None,) * size
         self._members = 0
         self._balanced = False
@@ -472,22 +475,26 @@ class ShardGroup:
                     register_scope.cancel()
                     await self._unregister()  # first: the others queue for our shards now
                     continue
+            now = time.monotonic()
+            if members != self._member_set:
+                # Unowned shards wait until the membership has been stable for
+                # claim_delay: members starting together claim each its own share, and
+                # a member back from a lost session gets its shards back.
+                self._member_set = frozenset(members)
+                self._settle_at = now + self.claim_delay
+            wake_in = math.inf
             result = plan(self.size, sorted(members), owners)
             self._targets = result.targets
             self._balanced = result.targets == tuple(owners)
             for i, target in enumerate(result.targets):
-                owner = owners[i]
                 slot = self._slots.get(i)
                 if target == me and not self._leaving:
                     if slot is None or slot.done:
-                        vanished = self._last_owner[i]
-                        delay = (
-                            self.claim_delay
-                            if empty[i] and vanished not in (None, me) and vanished not in members
-                            else 0.0
-                        )
+                        if empty[i] and now < self._settle_at:
+                            wake_in = self._settle_at - now
+                            continue
                         slot = self._slots[i] = _Slot(i)
-                        tg.start_soon(self._serve, slot, delay, owner)
+                        tg.start_soon(self._serve, slot, owners[i])
                     slot.target = None
                 elif slot is not None and not slot.done:
                     slot.target = target
@@ -495,31 +502,30 @@ class ShardGroup:
                         slot.task_scope.cancel()  # stop campaigning
                     else:
                         slot.release.cancel()  # hand it over (the slot waits for the target)
-                if owner is not None and not owner.startswith("~"):
-                    self._last_owner[i] = owner
             if self._leaving and not any(not s.done for s in self._slots.values()):
                 return
             poke = self._poke
-            async with anyio.create_task_group() as waits:
+            with anyio.move_on_after(wake_in):
+                async with anyio.create_task_group() as waits:
 
-                async def wait(event: anyio.Event, scope: anyio.CancelScope) -> None:
-                    await event.wait()
-                    scope.cancel()
+                    async def wait(event: anyio.Event, scope: anyio.CancelScope) -> None:
+                        await event.wait()
+                        scope.cancel()
 
-                waits.start_soon(wait, changed, waits.cancel_scope)
-                waits.start_soon(wait, poke, waits.cancel_scope)
+                    waits.start_soon(wait, changed, waits.cancel_scope)
+                    waits.start_soon(wait, poke, waits.cancel_scope)
             if poke.is_set():
                 self._poke = anyio.Event()
+            # Let a burst of changes land before reading again (a read costs O(size)).
+            await anyio.sleep(min(0.02, self.size / 100_000))
 
     # -- one shard ----------------------------------------------------------------------
 
-    async def _serve(self, slot: _Slot, delay: float, previous: str | None) -> None:
+    async def _serve(self, slot: _Slot, previous: str | None) -> None:
         i = slot.index
         name = self.names[i]
         try:
             with slot.task_scope:
-                if delay:
-                    await anyio.sleep(delay)
                 term = await campaign(self._elector, name, self.value)
             if not slot.task_scope.cancelled_caught:
                 await self._own(slot, term, previous)
