@@ -284,14 +284,16 @@ async def measure(endpoint: str, n: int, size: int) -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    rows = ["| members x shards | cold start | join (moves / min) | graceful leave | crash (TTL 2 s) |",
-            "|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        "| members x shards | cold start | join (moves / min) | graceful leave | crash (TTL 2 s) |",
+        "|---|---|---|---|---|",
+    ]
+
+    def cell(r: dict[str, Any], name: str) -> str:
+        s = r[name]
+        return f"{s['seconds']:.2f} s ({s['moves']} / {s['minimum']})"
+
     for r in results:
-
-        def cell(name: str) -> str:
-            s = r[name]
-            return f"{s['seconds']:.2f} s ({s['moves']} / {s['minimum']})"
-
         rows.append(
             f"| {r['members']} x {r['shards']} | {r['cold_start_s']:.2f} s | {cell(r, 'join')} | "
             f"{cell(r, 'graceful_leave')} | {cell(r, 'crash')} |"
