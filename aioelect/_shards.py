@@ -156,6 +156,9 @@ class ShardGroupStatistics:
         assigned: shards assigned to this member since it started.
         revoked: shards revoked from it (handed over or lost).
         handed_over: revoked shards handed over to a queued target.
+        callback_errors: exceptions raised by ``on_assigned`` and ``on_revoked``
+            (logged at ERROR; a shard whose ``on_assigned`` raised is resigned
+            and claimed again after a back-off of 1 s, doubling up to 30 s).
     """
 
     group: str
@@ -168,6 +171,7 @@ class ShardGroupStatistics:
     assigned: int
     revoked: int
     handed_over: int
+    callback_errors: int
 
 
 class _Slot:
@@ -231,6 +235,9 @@ class ShardGroup:
         self._mprefix = members_prefix(elector.prefix, self.group)
         self._member_key = self._mprefix + self.member_id.encode()
         self._slots: dict[int, _Slot] = {}
+        self._retry_at: dict[int, float] = {}  # shard -> when to claim it again after an error
+        self._shard_errors: dict[int, int] = {}  # shard -> on_assigned errors in a row
+        self._errors = 0
         self._member_set: frozenset[str] = frozenset()
         self._settle_at = 0.0
         self._targets: tuple[str | None, ...] = (None,) * size
@@ -269,6 +276,7 @@ class ShardGroup:
             assigned=self._assigned,
             revoked=self._revoked,
             handed_over=self._handed_over,
+            callback_errors=self._errors,
         )
 
     def health(self) -> dict[str, Any]:
@@ -491,8 +499,14 @@ class ShardGroup:
                 if target == me and not self._leaving:
                     if slot is None or slot.done:
                         if empty[i] and now < self._settle_at:
-                            wake_in = self._settle_at - now
+                            wake_in = min(wake_in, self._settle_at - now)
                             continue
+                        retry = self._retry_at.get(i)
+                        if retry is not None:
+                            if now < retry:
+                                wake_in = min(wake_in, retry - now)
+                                continue
+                            del self._retry_at[i]
                         slot = self._slots[i] = _Slot(i)
                         tg.start_soon(self._serve, slot, owners[i])
                     slot.target = None
@@ -554,9 +568,23 @@ class ShardGroup:
                     try:
                         await self._on_assigned(shard)
                     except Exception:
-                        log.exception(
-                            "shard group %r: on_assigned of shard %d", self.group, slot.index
+                        # Logged; the shard is resigned and claimed again after a back-off
+                        # (1 s, doubling to 30 s while its errors repeat).
+                        self._errors += 1
+                        errors = self._shard_errors[slot.index] = (
+                            self._shard_errors.get(slot.index, 0) + 1
                         )
+                        backoff = min(30.0, 2.0 ** (errors - 1))
+                        self._retry_at[slot.index] = time.monotonic() + backoff
+                        log.exception(
+                            "shard group %r: on_assigned of shard %d raised; resigning it, "
+                            "claiming it again in %.0f s",
+                            self.group,
+                            slot.index,
+                            backoff,
+                        )
+                        return
+                    self._shard_errors.pop(slot.index, None)
                 await anyio.sleep_forever()
         finally:
             term._drop_scope(scope)
@@ -573,10 +601,14 @@ class ShardGroup:
                 try:
                     await self._on_revoked(shard)
                 except Exception:
+                    self._errors += 1
                     log.exception("shard group %r: on_revoked of shard %d", self.group, slot.index)
         reason = term.end_reason
         handed = False
-        if reason is None and (self._leaving or slot.release.cancel_called):
+        if reason is None and slot.index in self._retry_at:
+            await term.resign()
+            reason = "on_assigned raised"
+        elif reason is None and (self._leaving or slot.release.cancel_called):
             handed = await self._hand_over(slot, term)
             reason = f"moved to member {slot.target}" if handed else "resigned"
         elif reason is None:  # run() cancelled: resign at once

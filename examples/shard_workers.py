@@ -60,6 +60,8 @@ async def consume(elector: aioelect.Elector, shard: aioelect.Shard, queue: str, 
     tx = client.transactions
     offset_key = keys(queue, shard.index, 0)[0]
     while True:
+        # (aetcd's own errors from these reads end on_assigned: aioelect logs them,
+        # resigns the partition and claims it again after a back-off.)
         got = await client.get(offset_key)
         n = int(got.value) if got is not None else 0
         _, item_key, done_key = keys(queue, shard.index, n)
@@ -67,17 +69,25 @@ async def consume(elector: aioelect.Elector, shard: aioelect.Shard, queue: str, 
         if item is None:
             await anyio.sleep(0.05)  # nothing queued: poll (a watch would do too)
             continue
-        # Fenced by the shard's term, and guarded by the offset we read.
+        # Fenced by the shard's term, and guarded by the offset we read. Shielded: an
+        # item begun is finished (or refused) before the partition is handed over,
+        # so its outcome is known (the handover waits for it: the per-shard barrier).
         same = tx.value(offset_key) == str(n).encode() if n else tx.version(offset_key) == 0
-        try:
-            ok, _ = await shard.term.transaction(
-                compare=[same],
-                success=[tx.put(offset_key, str(n + 1).encode()), tx.put(done_key, me.encode())],
-            )
-        except aioelect.NotLeader:
-            return  # no longer ours: the next owner goes on from the offset
-        if ok:
-            emit("processed", worker=me, partition=shard.index, item=n, token=shard.token)
+        with anyio.CancelScope(shield=True):
+            try:
+                ok, _ = await shard.term.transaction(
+                    compare=[same],
+                    success=[
+                        tx.put(offset_key, str(n + 1).encode()),
+                        tx.put(done_key, me.encode()),
+                    ],
+                )
+            except aioelect.NotLeader:
+                return  # no longer ours: the next owner goes on from the offset
+            except aioelect.EtcdError:
+                ok = False  # e.g. etcd unreachable: read the offset again and retry
+            if ok:
+                emit("processed", worker=me, partition=shard.index, item=n, token=shard.token)
 
 
 async def worker(

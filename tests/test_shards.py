@@ -273,3 +273,31 @@ async def test_cli_health_and_metrics(
         assert [r["shard"] for r in rows] == list(range(6))
         assert {r["member"] for r in rows} == {"w1"}
     assert group.health()["ready"] is False
+
+
+async def test_on_assigned_error_resigns_the_shard_and_claims_it_again(
+    make_elector: ElectorFactory,
+) -> None:
+    """on_assigned raising: logged, counted, the shard resigned (its term ends) and claimed
+    again after the back-off, with a new token; the other shards are untouched."""
+    elector = await make_elector()
+    calls: list[tuple[int, int]] = []
+    again = anyio.Event()
+
+    async def assigned(shard: aioelect.Shard) -> None:
+        calls.append((shard.index, shard.token))
+        if shard.index == 1 and len([c for c in calls if c[0] == 1]) == 1:
+            raise RuntimeError("boom")
+        if shard.index == 1:
+            again.set()
+
+    async with elector.shards("err", size=3, value="v", on_assigned=assigned) as group:
+        with anyio.fail_after(10):
+            await again.wait()
+        tokens = [t for i, t in calls if i == 1]
+        assert len(tokens) == 2
+        assert tokens[1] > tokens[0]
+        assert set(group.owned) == {0, 1, 2}
+        stats = group.statistics()
+        assert stats.callback_errors == 1
+        assert stats.revoked == 1
