@@ -101,3 +101,24 @@ async def web_service(elector: aioelect.Elector) -> int | None:
         report: dict[str, object] = runner.health()
         assert leading or stats.runs >= 0 or report
         return result
+
+
+async def shard_group(elector: aioelect.Elector) -> int:
+    async def assigned(shard: aioelect.Shard) -> None:
+        token: int = shard.token
+        term: aioelect.Term = shard.term
+        assert token == term.token
+
+    group: aioelect.ShardGroup = elector.shards(
+        "partitions", size=64, value="w1", on_assigned=assigned, claim_delay=timedelta(seconds=1)
+    )
+    async with group:
+        owned: dict[int, aioelect.Shard] = group.owned
+        stats: aioelect.ShardGroupStatistics = group.statistics()
+        async for event in group.events():
+            kind: str = event.kind
+            assert kind in ("assigned", "revoked")
+            break
+        report: dict[str, object] = group.health()
+        assert report
+        return len(owned) + len(stats.owned)
