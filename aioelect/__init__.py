@@ -31,10 +31,10 @@ from ._models import CandidateInfo as CandidateInfo
 from ._models import ElectorStatistics as ElectorStatistics
 from ._models import LeaderInfo as LeaderInfo
 from ._runner import LeadershipRunner as LeadershipRunner
-from ._shards import Shard as Shard
-from ._shards import ShardEvent as ShardEvent
+from ._shardinfo import Shard as Shard
+from ._shardinfo import ShardEvent as ShardEvent
+from ._shardinfo import ShardGroupStatistics as ShardGroupStatistics
 from ._shards import ShardGroup as ShardGroup
-from ._shards import ShardGroupStatistics as ShardGroupStatistics
 from ._term import Term as Term
 
 __version__ = "0.1.0.dev0"

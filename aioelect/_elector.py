@@ -50,7 +50,8 @@ from ._mirror import Mirror, leader_info
 from ._models import CandidateInfo, ElectorStatistics, LeaderInfo
 from ._observe import Observer
 from ._session import Session
-from ._shards import OnShard, ShardGroup
+from ._shardinfo import OnShard
+from ._shards import ShardGroup
 from ._term import RESIGNED, Term
 
 __all__ = ("Elector",)

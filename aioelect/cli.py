@@ -199,7 +199,7 @@ async def _cmd_candidates(args: argparse.Namespace) -> int:
 
 
 async def _cmd_shards(args: argparse.Namespace) -> int:
-    from ._shards import read_shards
+    from ._shardinfo import read_shards
 
     async with _elector(args) as elector:
         members, owners = await read_shards(elector, args.group)

@@ -42,8 +42,8 @@ from aioelect._connection import KV, Connection
 from aioelect._embedded import EtcdProcess
 from aioelect._exceptions import EtcdError
 from aioelect._keys import prefix_range_end
+from aioelect._shardinfo import members_prefix
 from aioelect._shardplan import minimum_moves
-from aioelect._shards import members_prefix
 
 GROUP = "bench"
 PREFIX = "/bench-shards"

@@ -15,7 +15,7 @@ import aioelect
 import aioelect.testing
 from aioelect._connection import Connection
 from aioelect._keys import prefix_range_end
-from aioelect._shards import members_prefix
+from aioelect._shardinfo import members_prefix
 
 pytestmark = pytest.mark.asyncio
 

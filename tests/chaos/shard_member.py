@@ -19,9 +19,15 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
+
+# _support, and tests/helpers.py that it imports.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from _support import fence_key
 
 import aioelect

@@ -39,7 +39,7 @@ from aioelect._connection import Connection
 from aioelect._embedded import EtcdProcess
 from aioelect._exceptions import EtcdError
 from aioelect._keys import prefix_range_end
-from aioelect._shards import members_prefix
+from aioelect._shardinfo import members_prefix
 from aioelect.testing import EtcdServer, FaultProxy
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.chaos]
