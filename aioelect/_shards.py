@@ -48,7 +48,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from typing_extensions import Self
 
 from ._campaign import campaign
-from ._config import Duration, check_candidate_size, check_name, to_bytes, value_limit
+from ._config import (
+    Duration,
+    check_candidate_size,
+    check_name,
+    duration,
+    to_bytes,
+    value_limit,
+)
 from ._connection import KV
 from ._exceptions import AioelectError, ConfigError, EtcdError, NoSuchCandidate, NotLeader
 from ._mirror import ElectionView, Mirror
@@ -136,9 +143,11 @@ class ShardGroup:
                 raise ConfigError(field, "must be an async function (async def) or None")
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
-        self.claim_delay = _seconds("claim_delay", claim_delay)
+        self.claim_delay = duration("claim_delay", claim_delay, allow_zero=True)
         ttl = elector._config.ttl
-        self.leave_wait = ttl if leave_wait is None else _seconds("leave_wait", leave_wait)
+        self.leave_wait = (
+            ttl if leave_wait is None else duration("leave_wait", leave_wait, allow_zero=True)
+        )
         self._mprefix = members_prefix(elector.prefix, self.group)
         self._member_key = self._mprefix + self.member_id.encode()
         self._slots: dict[int, _Slot] = {}
@@ -446,9 +455,10 @@ class ShardGroup:
         i = slot.index
         name = self.names[i]
         try:
+            term: Term | None = None
             with slot.task_scope:
                 term = await campaign(self._elector, name, self.value)
-            if not slot.task_scope.cancelled_caught:
+            if term is not None:
                 await self._own(slot, term, previous)
         finally:
             slot.done = True
@@ -601,13 +611,6 @@ def _next_after(view: ElectionView, key: bytes) -> KV | None:
             return kv
         seen = kv.key == key
     return None
-
-
-def _seconds(field: str, value: Duration) -> float:
-    seconds = value.total_seconds() if hasattr(value, "total_seconds") else value
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-        raise ConfigError(field, f"must be a duration >= 0 (seconds or timedelta), not {value!r}")
-    return float(seconds)
 
 
 class _Events:

@@ -143,6 +143,7 @@ async def until_processed(args: argparse.Namespace, count: int) -> dict[bytes, b
 async def demo(args: argparse.Namespace) -> int:
     total = args.partitions * args.items
     leaves = {f"w{i + 1}": anyio.Event() for i in range(args.workers)}
+    done: dict[bytes, bytes] = {}
     async with anyio.create_task_group() as tg:
         for me, leave in leaves.items():
             tg.start_soon(worker, args.endpoints, args.prefix, args.ttl, args.partitions, me, leave)
@@ -168,7 +169,7 @@ async def forever(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--endpoints", default=os.environ.get("AIOELECT_ENDPOINTS"))
     p.add_argument("--prefix", default=os.environ.get("AIOELECT_PREFIX", "/aioelect-shards"))
     p.add_argument("--ttl", type=int, default=int(os.environ.get("AIOELECT_TTL", "10")))
