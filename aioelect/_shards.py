@@ -552,6 +552,8 @@ class ShardGroup:
         deadline = time.monotonic() + wait
         with anyio.move_on_after(self._timeout() + wait):
             while term.is_valid and time.monotonic() < deadline:
+                if slot.target is None and not self._leaving:
+                    break  # targeted back to us meanwhile (e.g. the target left): claim anew
                 kv = self._target_key(slot, view)
                 if kv is not None:
                     try:
@@ -567,7 +569,7 @@ class ShardGroup:
                 changed = _next_change(mirror)
                 with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
                     await changed.wait()
-            await term.resign()
+        await term.resign()  # bounded by its own retries
         return False
 
     def _target_key(self, slot: _Slot, view: ElectionView) -> KV | None:
