@@ -30,6 +30,7 @@ from ._lease import LeaderLease as LeaderLease
 from ._models import CandidateInfo as CandidateInfo
 from ._models import ElectorStatistics as ElectorStatistics
 from ._models import LeaderInfo as LeaderInfo
+from ._preference import version_priority as version_priority
 from ._runner import LeadershipRunner as LeadershipRunner
 from ._shardinfo import Shard as Shard
 from ._shardinfo import ShardEvent as ShardEvent
@@ -73,4 +74,5 @@ __all__ = (
     "health",
     "leader_only",
     "node_identity",
+    "version_priority",
 )

@@ -43,12 +43,20 @@ from ._exceptions import (
     EtcdError,
     EtcdUnavailable,
 )
+from ._healthgate import HealthCheck
 from ._hold import HoldBlock, ObserveBlock
 from ._keys import election_prefix, prefix_range_end, transfer_key
 from ._leadership import Leadership
 from ._mirror import Mirror, leader_info
 from ._models import CandidateInfo, ElectorStatistics, LeaderInfo
 from ._observe import Observer
+from ._preference import (
+    DEFAULT_MIN_TERM,
+    DEFAULT_SETTLE,
+    PreferenceCounters,
+    preference_options,
+    preference_records,
+)
 from ._session import Session
 from ._shardinfo import OnShard
 from ._shards import ShardGroup
@@ -161,6 +169,7 @@ class Elector:
         #: answer was lost is retried, or revoked, by this id instead of leaking).
         self._granting: int | None = None
         self._session_changed = anyio.Event()
+        self._preference = PreferenceCounters()
         self._busy: set[str] = set()
         self._terms: set[Term] = set()
         self._observers: set[Observer] = set()
@@ -464,7 +473,20 @@ class Elector:
             log.info("lost election %r (token %d): %s", term.name, term.token, reason)
 
     def hold(
-        self, name: str, value: str | bytes, *, wait: bool = True
+        self,
+        name: str,
+        value: str | bytes,
+        *,
+        wait: bool = True,
+        priority: int | None = None,
+        preemptible: bool | None = None,
+        min_term: Duration = DEFAULT_MIN_TERM,
+        settle: Duration = DEFAULT_SETTLE,
+        health_check: HealthCheck | None = None,
+        health_interval: Duration = 5.0,
+        health_timeout: Duration = 2.0,
+        unhealthy_after: int = 3,
+        healthy_after: int = 2,
     ) -> AbstractAsyncContextManager[Term]:
         """Campaign in election ``name``, wait to be elected, and lead for the block.
 
@@ -484,6 +506,22 @@ class Elector:
         waits before us, it raises :class:`NotLeader` at once, leaving no key
         (a try-lock, e.g. for cron jobs that should be skipped elsewhere).
 
+        Preference and health (README, "Preferred leaders and health-gated
+        candidacy"): ``priority`` (an int, higher wins; None: take no part,
+        like 0) is published for the election's other aioelect candidates.
+        A ``preemptible`` block (the default when a ``priority`` is given) is
+        ended when a waiting candidate with a strictly higher priority has
+        outranked it for ``settle`` seconds (default 1) and the term has
+        lasted ``min_term`` seconds (default 5): the block is cancelled, the
+        term is transferred to that candidate after the body unwound, and
+        :class:`LeadershipLost` says ``"preempted by <value> (priority N)"``.
+        ``health_check`` (``async () -> bool | None``; False, an exception or
+        no answer within ``health_timeout`` is a failure) is polled every
+        ``health_interval``: after ``unhealthy_after`` failures in a row the
+        block is cancelled, the key resigned and :class:`LeadershipLost`
+        raised (``"unhealthy: ..."``); while waiting, the key is withdrawn
+        until ``healthy_after`` successes in a row.
+
         Raises:
             LeadershipLost: the term ended before the block did.
             NotLeader: ``wait=False`` and another candidate came first.
@@ -496,7 +534,18 @@ class Elector:
                 leaving no key. Retryable errors are retried while waiting.
             ElectorClosed: the elector is not open.
         """
-        return HoldBlock(self, name, value, wait)
+        pref = preference_options(
+            priority=priority,
+            preemptible=preemptible,
+            min_term=min_term,
+            settle=settle,
+            health_check=health_check,
+            health_interval=health_interval,
+            health_timeout=health_timeout,
+            unhealthy_after=unhealthy_after,
+            healthy_after=healthy_after,
+        )
+        return HoldBlock(self, name, value, wait, pref)
 
     def leadership(
         self,
@@ -512,6 +561,15 @@ class Elector:
         reclaim_stale: bool = False,
         restart_on_error: bool = True,
         error_backoff: tuple[Duration, Duration] = ERROR_BACKOFF,
+        priority: int | None = None,
+        preemptible: bool = True,
+        min_term: Duration = DEFAULT_MIN_TERM,
+        settle: Duration = DEFAULT_SETTLE,
+        health_check: HealthCheck | None = None,
+        health_interval: Duration = 5.0,
+        health_timeout: Duration = 2.0,
+        unhealthy_after: int = 3,
+        healthy_after: int = 2,
     ) -> Leadership:
         """Create a :class:`Leadership` in election ``name`` (the seed's CreateLeadership).
 
@@ -548,6 +606,24 @@ class Elector:
                 after a callback error: the n-th error in a row waits a random
                 50-100 % of ``min * 2**(n-1)``, at most ``max`` (default (1, 30)).
                 It starts again from ``min`` after a term without an error.
+            priority: this candidate's priority (higher wins; None, the
+                default, takes no part and counts as 0). See the README,
+                "Preferred leaders and health-gated candidacy";
+                :meth:`Leadership.set_priority` changes it while running.
+            preemptible: while leading, hand over (``on_stepped_down``, then
+                ``transfer()``) to a waiting candidate with a strictly higher
+                priority, and campaign again behind. Default True.
+            min_term: seconds (or a timedelta) a term lasts at least before a
+                preemption (default 5).
+            settle: seconds a challenger must have outranked the leader,
+                continuously, before it preempts (default 1).
+            health_check: ``async () -> bool | None``, polled every
+                ``health_interval`` seconds (default 5), each call bounded by
+                ``health_timeout`` (default 2); False, an exception or a
+                timeout is a failure. After ``unhealthy_after`` (default 3)
+                failures in a row the leader steps down and resigns at once
+                (a waiting candidate withdraws); after ``healthy_after``
+                (default 2) successes in a row it campaigns again.
 
         Raises:
             ConfigError: bad name, value, callback or option (before any I/O).
@@ -566,6 +642,17 @@ class Elector:
             reclaim_stale=reclaim_stale,
             restart_on_error=restart_on_error,
             error_backoff=error_backoff,
+            preference=preference_options(
+                priority=priority,
+                preemptible=preemptible,
+                min_term=min_term,
+                settle=settle,
+                health_check=health_check,
+                health_interval=health_interval,
+                health_timeout=health_timeout,
+                unhealthy_after=unhealthy_after,
+                healthy_after=healthy_after,
+            ),
         )
 
     create_leadership = leadership
@@ -663,7 +750,18 @@ class Elector:
         # then key (keys written by one transaction share it), as the mirror orders them.
         result = await self._conn.range_all(eprefix, prefix_range_end(eprefix))
         kvs = sorted(result.kvs, key=lambda kv: (kv.create_revision, kv.key))
-        return [CandidateInfo(name, kv.key, kv.value, kv.create_revision, kv.lease) for kv in kvs]
+        records = await preference_records(self._conn, self.prefix, name)
+        return [
+            CandidateInfo(
+                name,
+                kv.key,
+                kv.value,
+                kv.create_revision,
+                kv.lease,
+                *records.get(kv.lease, (0, None)),
+            )
+            for kv in kvs
+        ]
 
     def observe(self, name: str) -> AbstractAsyncContextManager[AsyncIterator[LeaderInfo | None]]:
         """Follow the leader of election ``name``.
@@ -717,6 +815,9 @@ class Elector:
             else None,
             lease_id=session.lease_id if live and session is not None else None,
             callback_errors=sum(self._callback_error_counts().values()),
+            preemptions=self._preference.preemptions,
+            unhealthy_transitions=self._preference.unhealthy_transitions,
+            unhealthy_candidates=len(self._preference.unhealthy),
         )
 
     def __repr__(self) -> str:

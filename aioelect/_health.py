@@ -61,6 +61,8 @@ class LeadershipHealth(TypedDict):
     retry_in: float | None
     callback_errors: int
     last_error: ErrorHealth | None
+    priority: int
+    healthy: bool | None
 
 
 class Health(TypedDict):
@@ -92,7 +94,10 @@ class Health(TypedDict):
             ``"on_leader_change"``, or None when not a callback's), ``type``
             (e.g. ``"ConnectionError"``, ``"mypkg.DbDown"``), ``message`` and
             ``age`` (seconds since it was raised); None without one. A
-            leadership is not ready unless its ``run()`` is running.
+            leadership is not ready unless its ``run()`` is running;
+            ``priority``: its priority (0 without one); ``healthy``: whether
+            its ``health_check`` passes (None without one; a leadership
+            whose check fails is not ready: it withdrew from the election).
         statistics: :meth:`Elector.statistics` as a dict (``lease_id`` in hex).
     """
 
@@ -145,7 +150,7 @@ def _leadership_health(leadership: Leadership, now: float) -> LeadershipHealth:
         name=leadership.name,
         value=_text(leadership.value),
         node_name=leadership.node_name,
-        ready=running,
+        ready=running and leadership.healthy is not False,
         state=state,
         is_leader=term is not None,
         token=term.token if term is not None else None,
@@ -153,6 +158,8 @@ def _leadership_health(leadership: Leadership, now: float) -> LeadershipHealth:
         retry_in=round(max(0.0, retry_at - now), 3) if retry_at is not None else None,
         callback_errors=leadership._callbacks.errors,
         last_error=_error(leadership._callbacks.last_error, now),
+        priority=leadership.priority,
+        healthy=leadership.healthy,
     )
 
 

@@ -8,6 +8,7 @@ one process holds or observes thousands of elections.
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -15,9 +16,11 @@ import anyio
 
 from ._campaign import campaign
 from ._config import check_candidate_size, check_name, to_bytes, value_limit
-from ._exceptions import ConfigError, LeadershipLost
+from ._connection import KV
+from ._exceptions import AioelectError, ConfigError, LeadershipLost
 from ._mirror import leader_info
 from ._observe import Observer
+from ._preference import Candidacy, PreferenceOptions, preempted_reason
 from ._term import RESIGNED, Term, cancellation_was_ours
 
 if TYPE_CHECKING:
@@ -25,17 +28,41 @@ if TYPE_CHECKING:
 
 __all__ = ("HoldBlock", "ObserveBlock")
 
+log = logging.getLogger("aioelect")
+
 
 class HoldBlock:
     """``async with elector.hold(name, value) as term``: see :meth:`Elector.hold`."""
 
-    __slots__ = ("_elector", "_name", "_scope", "_term", "_value", "_wait")
+    __slots__ = (
+        "_candidacy",
+        "_cut",
+        "_elector",
+        "_name",
+        "_pref",
+        "_scope",
+        "_term",
+        "_value",
+        "_wait",
+    )
 
-    def __init__(self, elector: Elector, name: str, value: str | bytes, wait: bool) -> None:
+    def __init__(
+        self,
+        elector: Elector,
+        name: str,
+        value: str | bytes,
+        wait: bool,
+        pref: PreferenceOptions | None = None,
+    ) -> None:
         self._elector = elector
         self._name = name
         self._value = value
         self._wait = wait
+        self._pref = pref  # priorities and health gating (see _preference.py), if asked for
+        # Why the block was ended while the term was still valid (preempted: with the
+        # transfer's target; unhealthy: None), else None.
+        self._cut: tuple[str, KV | None] | None = None
+        self._candidacy: Candidacy | None = None
         self._term: Term | None = None
         self._scope: anyio.CancelScope | None = None
 
@@ -54,19 +81,55 @@ class HoldBlock:
                 "name", f"this Elector already campaigns in or leads election {name!r}"
             )
         elector._busy.add(name)
+        candidacy = None
         try:
             elector._campaigns += 1
             try:
-                term = await campaign(elector, name, data, wait=self._wait)
+                if self._pref is None or not self._pref.active:
+                    term = await campaign(elector, name, data, wait=self._wait)
+                else:
+                    candidacy = Candidacy(elector, name, self._pref)
+                    candidacy.start()
+                    term = await _gated_campaign(candidacy, data, self._wait)
             finally:
                 elector._campaigns -= 1
         except BaseException:
-            elector._busy.discard(name)
+            try:
+                if candidacy is not None:
+                    with anyio.CancelScope(shield=True):
+                        await candidacy.aclose()
+            finally:
+                elector._busy.discard(name)
             raise
         self._term = term
         scope = self._scope = term._scope()
         scope.__enter__()
+        if candidacy is not None:
+            self._watch(candidacy, term, scope)
         return term
+
+    def _watch(self, candidacy: Candidacy, term: Term, scope: anyio.CancelScope) -> None:
+        """End the block (the term still valid) on a preemption or a failed health check."""
+        name = self._name
+
+        def preempt(target: KV, priority: int) -> None:
+            if self._cut is None and term.is_valid:
+                self._cut = (preempted_reason(target, priority), target)
+                log.info("election %r: %s: handing over", name, self._cut[0])
+                scope.cancel()
+
+        def health(healthy: bool, reason: str) -> None:
+            if not healthy and self._cut is None and term.is_valid:
+                self._cut = (f"unhealthy: {reason}", None)
+                log.info("election %r: stepping down: %s", name, reason)
+                scope.cancel()
+
+        self._candidacy = candidacy
+        candidacy.watch(term, preempt)
+        unsubscribe = candidacy.on_health(health)
+        term._add_on_end(lambda _t, _r: unsubscribe())
+        if candidacy.healthy is False:
+            health(False, "health check failing")
 
     async def __aexit__(
         self,
@@ -79,19 +142,20 @@ class HoldBlock:
         assert scope is not None
         self._scope = None
         reason: str | None = None
+        cut = self._cut
         try:
             try:
                 swallowed = bool(scope.__exit__(exc_type, exc, tb))
             except asyncio.CancelledError:
                 # grpc.aio may replace the scope's cancellation by a bare one.
-                if not (scope.cancel_called and cancellation_was_ours(term)):
+                if not (scope.cancel_called and (cut is not None or cancellation_was_ours(term))):
                     raise
                 swallowed = True
             if (
                 not swallowed
                 and isinstance(exc, asyncio.CancelledError)
                 and scope.cancel_called
-                and cancellation_was_ours(term)
+                and (cut is not None or cancellation_was_ours(term))
             ):
                 swallowed = True
         finally:
@@ -101,14 +165,50 @@ class HoldBlock:
                 term._drop_scope(scope)
                 reason = term.end_reason
                 with anyio.CancelScope(shield=True):
-                    await term.resign()
+                    try:
+                        await _leave(term, cut)
+                    finally:
+                        if self._candidacy is not None:
+                            await self._candidacy.aclose()
             finally:
                 self._elector._busy.discard(self._name)
+        if cut is not None and reason is None and (exc is None or swallowed):
+            raise LeadershipLost(self._name, cut[0]) from None
         if (exc is None or swallowed) and reason is not None and reason != RESIGNED:
             # from None hides only the term's own cancellation of the body (swallowed
             # above); any other exception of the body propagates itself instead.
             raise LeadershipLost(self._name, reason) from None
         return swallowed
+
+
+async def _leave(term: Term, cut: tuple[str, KV | None] | None) -> None:
+    """Resign, or hand over to a preempting candidate (resigning if that fails)."""
+    target = None if cut is None else cut[1]
+    if target is not None and term.is_valid:
+        try:
+            await term._transfer_to(target)
+            return
+        except AioelectError as exc:
+            log.warning("transfer of %r failed (%s): resigning instead", term.name, exc)
+    await term.resign()
+
+
+async def _gated_campaign(candidacy: Candidacy, value: bytes, wait: bool) -> Term:
+    """Campaign while healthy: an unhealthy candidate withdraws its key and waits."""
+    while True:
+        await candidacy.wait_healthy()
+        with anyio.CancelScope() as scope:
+
+            def withdraw(healthy: bool, _reason: str, scope: anyio.CancelScope = scope) -> None:
+                if not healthy:
+                    scope.cancel()
+
+            unsubscribe = candidacy.on_health(withdraw)
+            try:
+                return await campaign(candidacy._elector, candidacy.name, value, wait=wait)
+            finally:
+                unsubscribe()
+        log.info("election %r: withdrawn while unhealthy", candidacy.name)
 
 
 class ObserveBlock(Observer):

@@ -10,11 +10,14 @@ election. Pure functions, no I/O.
 from __future__ import annotations
 
 __all__ = (
+    "PREFERENCE_MARK",
     "TRANSFER_SUFFIX",
     "candidate_key",
     "election_prefix",
     "prefix_range_end",
+    "preference_key",
     "split_key",
+    "split_preference_key",
     "split_transfer_key",
     "transfer_key",
 )
@@ -76,5 +79,29 @@ def split_transfer_key(root: bytes, key: bytes) -> str | None:
         return None
     try:
         return name.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+#: A candidate's preference record (priority, health) in election ``name`` is
+#: ``{prefix}/{name}`` + this mark + ``{lease hex}``, attached to the candidate's
+#: session lease: outside ``{prefix}/{name}/`` (Go candidates never see it).
+PREFERENCE_MARK = b"\x00pref\x00"
+
+
+def preference_key(prefix: str, name: str, lease_id: int) -> bytes:
+    """The key of the preference record of the candidate with lease ``lease_id``."""
+    return f"{prefix}/{name}".encode() + PREFERENCE_MARK + f"{lease_id:x}".encode()
+
+
+def split_preference_key(root: bytes, key: bytes) -> str | None:
+    """The election name of a preference record key under ``root``, else None."""
+    if not key.startswith(root):
+        return None
+    head, mark, lease = key[len(root) :].partition(PREFERENCE_MARK)
+    if not mark or not head or not lease or b"/" in head or b"\x00" in lease:
+        return None
+    try:
+        return head.decode()
     except UnicodeDecodeError:
         return None

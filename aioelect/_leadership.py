@@ -55,6 +55,7 @@ from ._config import (
 from ._connection import KV
 from ._exceptions import AioelectError, ConfigError, NotLeader
 from ._lease import LeaderLease
+from ._preference import Candidacy, PreferenceOptions, preempted_reason
 from ._term import Term, cancellation_was_ours, scope_cancellation_in_disguise
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -91,6 +92,7 @@ class Leadership:
         reclaim_stale: bool = False,
         restart_on_error: bool = True,
         error_backoff: tuple[Duration, Duration] = ERROR_BACKOFF,
+        preference: PreferenceOptions | None = None,
     ) -> None:
         self._elector = elector
         self.name = check_name(name)
@@ -135,6 +137,11 @@ class Leadership:
         self._retry_at: float | None = None
         self._transfer: KV | None = None
         self._transfer_done: anyio.Event | None = None
+        # Priorities and health gating (see _preference.py): None when not asked for.
+        self._candidacy: Candidacy | None = None
+        if preference is not None and preference.active and self._campaign:
+            self._candidacy = Candidacy(elector, self.name, preference)
+        self._unhealthy = False  # a failed health check ends the current term
 
     # -- state ------------------------------------------------------------------------
 
@@ -167,6 +174,39 @@ class Leadership:
         """The current leader's value and token (create revision), or None when vacant."""
         info = await self._elector.leader(self.name)
         return (info.value, info.token) if info is not None else None
+
+    @property
+    def priority(self) -> int:
+        """This candidate's priority (0 when none was declared)."""
+        return 0 if self._candidacy is None else self._candidacy.priority
+
+    @property
+    def healthy(self) -> bool | None:
+        """Whether the health check passes now (None without a health check)."""
+        return None if self._candidacy is None else self._candidacy.healthy
+
+    def set_priority(self, priority: int) -> None:
+        """Change this candidate's priority, also while :meth:`run` runs.
+
+        The new value is published at once; a leader compares it with the
+        waiting candidates' again (a challenger must then outrank it for
+        ``settle`` seconds anew).
+
+        Raises:
+            ConfigError: ``priority`` is not an int, or this Leadership only
+                observes (``campaign=False``).
+        """
+        if not self._campaign:
+            raise ConfigError("priority", "an observing Leadership (campaign=False) has none")
+        if self._candidacy is None:
+            from ._preference import preference_options
+
+            self._candidacy = Candidacy(
+                self._elector, self.name, preference_options(preemptible=False)
+            )
+            if self._running:
+                self._candidacy.start()
+        self._candidacy.set_priority(priority)
 
     # -- leader-only operations -------------------------------------------------------
 
@@ -243,6 +283,8 @@ class Leadership:
         self._running = True
         self._state = "running"
         failure: BaseException | None = None
+        if self._candidacy is not None:
+            self._candidacy.start()
         try:
             try:
                 async with anyio.create_task_group() as tg:
@@ -269,6 +311,9 @@ class Leadership:
             self._state = "stopped"
         finally:
             self._running = False
+            if self._candidacy is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._candidacy.aclose()
 
     election_loop = run
     """The seed's name (``ElectionLoop``) for :meth:`run`."""
@@ -365,20 +410,38 @@ class Leadership:
 
     async def _acquire(self) -> Term | None:
         elector = self._elector
-        with anyio.CancelScope() as scope:
-            self._campaign_scope = scope
-            if self._stopped:
-                scope.cancel()
-            try:
-                elector._campaigns += 1
-                term = await run_campaign(
-                    elector, self.name, self.value, reclaim_stale=self.reclaim_stale
-                )
-            finally:
-                elector._campaigns -= 1
-                self._campaign_scope = None
-            return term
-        return None
+        candidacy = self._candidacy
+        while True:
+            withdrawn = False
+            with anyio.CancelScope() as scope:
+                self._campaign_scope = scope
+                if self._stopped:
+                    scope.cancel()
+                unsubscribe = None
+                if candidacy is not None:
+                    await candidacy.wait_healthy()  # an unhealthy candidate does not campaign
+
+                    def withdraw(healthy: bool, _reason: str) -> None:
+                        nonlocal withdrawn
+                        if not healthy:
+                            withdrawn = True
+                            scope.cancel()
+
+                    unsubscribe = candidacy.on_health(withdraw)
+                try:
+                    elector._campaigns += 1
+                    term = await run_campaign(
+                        elector, self.name, self.value, reclaim_stale=self.reclaim_stale
+                    )
+                finally:
+                    elector._campaigns -= 1
+                    self._campaign_scope = None
+                    if unsubscribe is not None:
+                        unsubscribe()
+                return term
+            if not withdrawn or self._stopped:
+                return None
+            log.info("%s: withdrawn while unhealthy", self._label())
 
     async def _lead(self, term: Term, failures: list[BaseException]) -> bool:
         """Lead for one term; return whether ``on_elected`` declined it.
@@ -390,7 +453,10 @@ class Leadership:
         declined = False
         scope = term._scope()
         self._lead_scope = scope
-        if self._stopped or self._transfer is not None:
+        self._unhealthy = False
+        if self._candidacy is not None:
+            self._watch(self._candidacy, term)
+        if self._stopped or self._transfer is not None or self._unhealthy:
             scope.cancel()
         ending: BaseException | None = None
         try:
@@ -400,13 +466,23 @@ class Leadership:
                     if elected is not None:
                         result = await self._callbacks.call("on_elected", elected, term, failures)
                         declined = result is False
-                    while not declined and not self._stopped and self._transfer is None:
+                    while (
+                        not declined
+                        and not self._stopped
+                        and self._transfer is None
+                        and not self._unhealthy
+                    ):
                         if term._ended is not None:
                             break
                         self._wake = anyio.Event()
                         await self._wake.wait()
             except asyncio.CancelledError:
-                ours = cancellation_was_ours(term) or self._stopped or self._transfer is not None
+                ours = (
+                    cancellation_was_ours(term)
+                    or self._stopped
+                    or self._transfer is not None
+                    or self._unhealthy
+                )
                 if not (scope.cancel_called and ours):
                     raise
         except BaseException as exc:
@@ -432,6 +508,31 @@ class Leadership:
                             exc_info=exc,
                         )
         return declined
+
+    def _watch(self, candidacy: Candidacy, term: Term) -> None:
+        """Step down on a preemption (handing over) or a failed health check (resigning)."""
+
+        def preempt(target: KV, priority: int) -> None:
+            if self._transfer is None and not self._stopped and term.is_valid:
+                log.info("%s: %s: handing over", self._label(), preempted_reason(target, priority))
+                self._transfer = target
+                self._wake.set()
+                if self._lead_scope is not None:
+                    self._lead_scope.cancel()
+
+        def health(healthy: bool, reason: str) -> None:
+            if not healthy and term.is_valid and not self._unhealthy:
+                log.info("%s: stepping down: %s", self._label(), reason)
+                self._unhealthy = True
+                self._wake.set()
+                if self._lead_scope is not None:
+                    self._lead_scope.cancel()
+
+        candidacy.watch(term, preempt)
+        unsubscribe = candidacy.on_health(health)
+        term._add_on_end(lambda _t, _r: unsubscribe())
+        if candidacy.healthy is False:
+            self._unhealthy = True
 
     async def _step_down(self, term: Term, failures: list[BaseException]) -> None:
         target, done = self._transfer, self._transfer_done

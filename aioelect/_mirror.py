@@ -33,7 +33,14 @@ from ._backoff import Backoff
 from ._connection import KV, Connection, WatchBatch, WatchStream
 from ._exceptions import AuthenticationFailed, ElectorClosed, EtcdError
 from ._few import Few, add, each, remove
-from ._keys import TRANSFER_SUFFIX, prefix_range_end, split_key, split_transfer_key
+from ._keys import (
+    PREFERENCE_MARK,
+    TRANSFER_SUFFIX,
+    prefix_range_end,
+    split_key,
+    split_preference_key,
+    split_transfer_key,
+)
 from ._models import LeaderInfo
 
 __all__ = ("ElectionView", "Mirror")
@@ -108,8 +115,9 @@ class _Waiters:
 # change of leader, so thousands at a mass start). LeaderInfo's own: on Python 3.10,
 # dataclass(slots=True) gives the subclass slots of its own that shadow CandidateInfo's.
 _new = object.__new__
-_set_name, _set_key, _set_value, _set_token, _set_lease = (
-    getattr(LeaderInfo, field).__set__ for field in ("name", "key", "value", "token", "lease_id")
+_set_name, _set_key, _set_value, _set_token, _set_lease, _set_priority, _set_healthy = (
+    getattr(LeaderInfo, field).__set__
+    for field in ("name", "key", "value", "token", "lease_id", "priority", "healthy")
 )
 
 
@@ -123,6 +131,8 @@ def leader_info(name: str, kv: KV | None) -> LeaderInfo | None:
     _set_value(info, kv.value)
     _set_token(info, kv.create_revision)
     _set_lease(info, kv.lease)
+    _set_priority(info, 0)
+    _set_healthy(info, None)
     return info
 
 
@@ -131,10 +141,12 @@ class ElectionView:
 
     __slots__ = (
         "_leader",
+        "change_listeners",
         "key_listeners",
         "kvs",
         "leader_listeners",
         "name",
+        "records",
         "transfer",
         "transfer_key",
     )
@@ -152,6 +164,10 @@ class ElectionView:
         self.key_listeners = {} if key_listeners is None else key_listeners
         self.leader_listeners: Few[LeaderListener] = None
         self._leader: KV | None = None
+        # Preference records (see _preference.py) by key; None while there are none.
+        self.records: dict[bytes, KV] | None = None
+        #: Called (no arguments) after each watch response that changed this election.
+        self.change_listeners: Few[Callable[[], None]] = None
 
     def leader(self) -> KV | None:
         """The candidate with the lowest create revision, or None.
@@ -172,6 +188,21 @@ class ElectionView:
             if target is not None and target.key != first.key:
                 return None
         return first
+
+    def record_of(self, kv: KV) -> KV | None:
+        """The preference record of candidate ``kv`` (same lease), or None."""
+        if self.records is None:
+            return None
+        head = self.transfer_key[: -len(TRANSFER_SUFFIX)]
+        return self.records.get(head + PREFERENCE_MARK + b"%x" % kv.lease)
+
+    def stored(self, key: bytes) -> KV | None:
+        """The mirrored KV of ``key`` (candidate, transfer or preference record), or None."""
+        if key == self.transfer_key:
+            return self.transfer
+        if self.records is not None and PREFERENCE_MARK in key:
+            return self.records.get(key)
+        return self.kvs.get(key)
 
     def transfer_target(self) -> KV | None:
         """The live candidate a pending transfer hands leadership to, or None."""
@@ -220,6 +251,16 @@ class ElectionView:
             if not is_put and self.transfer is None:
                 return
             self.transfer = kv if is_put else None
+        elif PREFERENCE_MARK in kv.key:  # names and prefixes hold no NUL
+            records = self.records
+            if is_put:
+                if records is None:
+                    records = self.records = {}
+                records[kv.key] = kv
+            elif records is None or records.pop(kv.key, None) is None:
+                return
+            elif not records:
+                self.records = None
         elif is_put:
             old = self.kvs.get(kv.key)
             if old is not None and old.create_revision != kv.create_revision:
@@ -301,6 +342,8 @@ class Mirror:
             old_kvs = list(view.kvs.values())
             if view.transfer is not None:
                 old_kvs.append(view.transfer)
+            if view.records is not None:
+                old_kvs.extend(view.records.values())
             for kv in old_kvs:
                 new = fresh.get(kv.key)
                 if new is None or new.create_revision != kv.create_revision:
@@ -311,7 +354,7 @@ class Mirror:
             if name is None:
                 continue
             view = self.view(name)
-            old = view.transfer if kv.key == view.transfer_key else view.kvs.get(kv.key)
+            old = view.stored(kv.key)
             if old != kv:
                 view.apply(True, kv)
                 touched.add(view)
@@ -319,12 +362,18 @@ class Mirror:
         self._leaders_moved(touched)
 
     def _name_of(self, key: bytes) -> str | None:
-        return split_key(self.root, key) or split_transfer_key(self.root, key)
+        return (
+            split_key(self.root, key)
+            or split_transfer_key(self.root, key)
+            or split_preference_key(self.root, key)
+        )
 
     def _leaders_moved(self, views: set[ElectionView]) -> None:
         for view in views:
             if view.leader_moved():
                 self.leader_changes += 1
+            for listener in each(view.change_listeners):
+                listener()
 
     def _advance(self, revision: int, seen: bool) -> None:
         if seen and revision > self.seen_revision:

@@ -17,6 +17,11 @@ class CandidateInfo:
         value: the candidate's value.
         token: the key's create revision; the candidate with the lowest leads.
         lease_id: the lease the key is attached to.
+        priority: the candidate's declared priority (higher wins; 0 when it
+            declared none, and for ``etcdctl elect`` or Go candidates). Filled
+            by :meth:`Elector.candidates`; 0 elsewhere.
+        healthy: whether its health check passes, as it last published it
+            (None without a health check). Filled by :meth:`Elector.candidates`.
     """
 
     name: str
@@ -24,6 +29,8 @@ class CandidateInfo:
     value: bytes
     token: int
     lease_id: int
+    priority: int = 0
+    healthy: bool | None = None
 
 
 # Not ``slots=True``: on Python 3.10 that re-declares the parent's fields as slots
@@ -63,6 +70,12 @@ class ElectorStatistics:
         callback_errors: exceptions raised by the callbacks of this elector's
             :class:`Leadership` objects (``on_elected``, ``on_stepped_down``,
             ``on_leader_change``), handled or propagated.
+        preemptions: terms of this elector handed over to a waiting candidate
+            of higher priority.
+        unhealthy_transitions: times a health-checked candidate of this
+            elector turned unhealthy (stepping down, or withdrawing its key).
+        unhealthy_candidates: health-checked candidates of this elector whose
+            check fails now (withdrawn until it passes again).
     """
 
     campaigns: int
@@ -79,3 +92,6 @@ class ElectorStatistics:
     lease_expires_in: float | None
     lease_id: int | None
     callback_errors: int = 0
+    preemptions: int = 0
+    unhealthy_transitions: int = 0
+    unhealthy_candidates: int = 0

@@ -33,9 +33,11 @@ from ._connection import KV
 from ._elector import Elector
 from ._exceptions import AioelectError, ConfigError, ElectorClosed
 from ._health import health
+from ._healthgate import HealthCheck
 from ._identity import node_identity
 from ._jobs import LeaderOnly, stop_jobs
 from ._leadership import Leadership
+from ._preference import DEFAULT_MIN_TERM, DEFAULT_SETTLE, preference_options
 from ._term import Term
 
 __all__ = ("LeadershipRunner",)
@@ -47,6 +49,19 @@ R = TypeVar("R")
 #: Back-off between restarts of a failed ``run()``: from 0.5 s, doubling, up to 30 s.
 RESTART_INITIAL = 0.5
 RESTART_CAP = 30.0
+
+
+_PREFERENCE = (
+    "priority",
+    "preemptible",
+    "min_term",
+    "settle",
+    "health_check",
+    "health_interval",
+    "health_timeout",
+    "unhealthy_after",
+    "healthy_after",
+)
 
 
 class LeadershipRunner:
@@ -85,6 +100,16 @@ class LeadershipRunner:
         on_leader_change: as for :meth:`Elector.leadership`.
         handover_barrier: as for :meth:`Elector.leadership`.
         reclaim_stale: as for :meth:`Elector.leadership`.
+        priority: as for :meth:`Elector.leadership`
+            (``runner.leadership.set_priority(n)`` changes it).
+        preemptible: as for :meth:`Elector.leadership`.
+        min_term: as for :meth:`Elector.leadership`.
+        settle: as for :meth:`Elector.leadership`.
+        health_check: as for :meth:`Elector.leadership`.
+        health_interval: as for :meth:`Elector.leadership`.
+        health_timeout: as for :meth:`Elector.leadership`.
+        unhealthy_after: as for :meth:`Elector.leadership`.
+        healthy_after: as for :meth:`Elector.leadership`.
         graceful_leave: on exit, hand leadership over to the youngest live
             candidate instead of resigning to the next in line (default True).
         leave_wait: on exit, how long the leader keeps leading while it
@@ -114,6 +139,15 @@ class LeadershipRunner:
         reclaim_stale: bool = False,
         graceful_leave: bool = True,
         leave_wait: Duration = 0.0,
+        priority: int | None = None,
+        preemptible: bool = True,
+        min_term: Duration = DEFAULT_MIN_TERM,
+        settle: Duration = DEFAULT_SETTLE,
+        health_check: HealthCheck | None = None,
+        health_interval: Duration = 5.0,
+        health_timeout: Duration = 2.0,
+        unhealthy_after: int = 3,
+        healthy_after: int = 2,
     ) -> None:
         if not isinstance(elector, Elector):
             raise ConfigError("elector", f"must be an aioelect.Elector, not {elector!r}")
@@ -130,7 +164,18 @@ class LeadershipRunner:
             "on_leader_change": on_leader_change,
             "handover_barrier": handover_barrier,
             "reclaim_stale": reclaim_stale,
+            "priority": priority,
+            "preemptible": preemptible,
+            "min_term": min_term,
+            "settle": settle,
+            "health_check": health_check,
+            "health_interval": health_interval,
+            "health_timeout": health_timeout,
+            "unhealthy_after": unhealthy_after,
+            "healthy_after": healthy_after,
         }
+        # Validated now (ConfigError before any I/O); passed on to leadership() on entry.
+        preference_options(**{k: v for k, v in self._options.items() if k in _PREFERENCE})
         self.graceful_leave = graceful_leave
         self.leave_wait = duration("leave_wait", leave_wait, allow_zero=True)
         self._leadership: Leadership | None = None

@@ -34,6 +34,11 @@ default namespace ``aioelect``:
                                                  by ``election`` and ``callback``
 ``aioelect_shards_owned{group,member}``  gauge   shards this member of a running shard group owns
 ``aioelect_shards_targeted{group,member}`` gauge shards the group's current plan gives it
+``aioelect_preemptions_total``          counter  terms handed over to a candidate of higher
+                                                 priority
+``aioelect_unhealthy_transitions_total`` counter candidates that turned unhealthy (stepped
+                                                 down or withdrew)
+``aioelect_unhealthy_candidates``       gauge    candidates whose health check fails now
 ======================================  =======  ==============================================
 
 ``aioelect_callback_errors_total{election,callback}`` has a sample for
@@ -88,6 +93,8 @@ _COUNTERS = (
     ("sessions_lost", "Session leases lost (expired or not renewed in time)."),
     ("keepalives", "Successful lease renewals."),
     ("keepalive_failures", "Lease renewals that failed or timed out."),
+    ("preemptions", "Terms handed over to a waiting candidate of higher priority."),
+    ("unhealthy_transitions", "Times a health-checked candidate turned unhealthy."),
 )
 
 
@@ -149,6 +156,7 @@ class ElectorCollector(Collector):
             "Exceptions raised by the callbacks of Leadership objects.",
             labels=[*labels, "election", "callback"],
         )
+        gauge("unhealthy_candidates", "Candidates whose health check fails now (withdrawn).")
         gauge("session_live", "1 while the session lease is live.")
         gauge(
             "lease_expires_in_seconds",
@@ -183,6 +191,7 @@ class ElectorCollector(Collector):
         summary.add_metric(
             prefix, count_value=stats.keepalives, sum_value=stats.keepalive_latency_sum
         )
+        f["unhealthy_candidates"].add_metric(prefix, stats.unhealthy_candidates)
         f["session_live"].add_metric(prefix, 1.0 if stats.lease_id is not None else 0.0)
         f["lease_expires_in_seconds"].add_metric(prefix, stats.lease_expires_in or 0.0)
         for (election, callback), count in sorted(elector._callback_error_counts().items()):

@@ -99,8 +99,10 @@ class Member:
         interval: float = 0.1,
         probe: bool = True,
         handover_barrier: bool = True,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.elector = elector
+        self.options = options or {}  # more keyword arguments of Elector.leadership()
         self.ident = ident
         self._emit = emit
         self.interval = interval
@@ -131,6 +133,7 @@ class Member:
             on_elected=self._on_elected,
             on_stepped_down=self._on_stepped_down,
             handover_barrier=self.handover_barrier,
+            **self.options,
         )
         self.leaderships[name] = leadership
         self._stops[name] = anyio.Event()

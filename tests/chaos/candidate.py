@@ -11,8 +11,8 @@ step is one JSON line on stdout, e.g.::
 
 Commands, one per line on stdin: ``resign NAME`` (Term.resign()), ``stop NAME``
 (Leadership.stop(), wait for run() to return), ``start NAME`` (a new
-Leadership), ``stats`` (prints the elector's statistics and whether each
-run() task still runs), ``exit``. End of stdin means ``exit`` too, so the
+Leadership), ``priority NAME N`` (Leadership.set_priority(N)), ``stats``
+(prints the elector's statistics and whether each run() task still runs), ``exit``. End of stdin means ``exit`` too, so the
 process never outlives the test that started it.
 
 A watchdog reports ``woke`` when the event loop did not run for a while (the
@@ -89,6 +89,10 @@ async def commands(member: Member, tg: anyio.abc.TaskGroup) -> None:
             elif verb == "start":
                 if not member.running.get(arg):
                     member.start(tg, arg)
+            elif verb == "priority":
+                name, _, value = arg.partition(" ")
+                member.leaderships[name].set_priority(int(value))
+                member.emit("priority", election=name, priority=int(value), t=time.monotonic())
             elif verb == "stats":
                 member.emit("stats", t=time.monotonic(), **member.stats())
             else:
@@ -106,13 +110,28 @@ async def main() -> None:
     parser.add_argument("--ttl", type=int, default=2)
     parser.add_argument("--interval", type=float, default=0.1, help="between fenced writes")
     parser.add_argument("--no-probe", action="store_true")
+    parser.add_argument("--priority", type=int, default=None)
+    parser.add_argument("--min-term", type=float, default=None)
+    parser.add_argument("--settle", type=float, default=None)
     args = parser.parse_args()
+    options: dict[str, Any] = {}
+    if args.priority is not None:
+        options["priority"] = args.priority
+    if args.min_term is not None:
+        options["min_term"] = args.min_term
+    if args.settle is not None:
+        options["settle"] = args.settle
 
     async with aioelect.Elector(
         endpoints=args.endpoints, prefix=args.prefix, ttl=args.ttl
     ) as elector:
         member = Member(
-            elector, ident=args.id, emit=emit, interval=args.interval, probe=not args.no_probe
+            elector,
+            ident=args.id,
+            emit=emit,
+            interval=args.interval,
+            probe=not args.no_probe,
+            options=options,
         )
         member.emit("ready", lease=elector.statistics().lease_id, t=time.monotonic())
         async with anyio.create_task_group() as tg:
