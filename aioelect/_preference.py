@@ -158,7 +158,7 @@ def decode_record(value: bytes) -> tuple[int, bool | None] | None:
     return priority, healthy
 
 
-_VERSION = re.compile(r"v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:[-+.].*)?")
+_VERSION = re.compile(r"v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:[-+].*)?")
 
 
 def version_priority(version: str, *, prefer: str = "newest") -> int:
