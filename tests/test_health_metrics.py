@@ -105,6 +105,8 @@ async def test_health_of_leaderships_and_require_leader(make_elector: ElectorFac
                 "retry_in": None,
                 "callback_errors": 0,
                 "last_error": None,
+                "priority": 0,
+                "healthy": None,
             }
         ]
         assert r2["leaderships"][0]["is_leader"] is False

@@ -13,7 +13,6 @@ from aioelect._connection import Connection
 from aioelect._preference import decode_record, version_priority
 
 
-
 def _records(elector: aioelect.Elector, name: str) -> int:
     view = elector._mirror.views.get(name)
     return 0 if view is None or view.records is None else len(view.records)

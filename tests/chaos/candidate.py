@@ -12,8 +12,8 @@ step is one JSON line on stdout, e.g.::
 Commands, one per line on stdin: ``resign NAME`` (Term.resign()), ``stop NAME``
 (Leadership.stop(), wait for run() to return), ``start NAME`` (a new
 Leadership), ``priority NAME N`` (Leadership.set_priority(N)), ``stats``
-(prints the elector's statistics and whether each run() task still runs), ``exit``. End of stdin means ``exit`` too, so the
-process never outlives the test that started it.
+(prints the elector's statistics and whether each run() task still runs),
+``exit``. End of stdin means ``exit`` too, so the process never outlives the test that started it.
 
 A watchdog reports ``woke`` when the event loop did not run for a while (the
 process was paused): with the validity of every term it believed it held.
@@ -113,6 +113,10 @@ async def main() -> None:
     parser.add_argument("--priority", type=int, default=None)
     parser.add_argument("--min-term", type=float, default=None)
     parser.add_argument("--settle", type=float, default=None)
+    parser.add_argument(
+        "--health-file", default=None, help="a health check that fails while this file exists"
+    )
+    parser.add_argument("--health-interval", type=float, default=0.1)
     args = parser.parse_args()
     options: dict[str, Any] = {}
     if args.priority is not None:
@@ -121,6 +125,21 @@ async def main() -> None:
         options["min_term"] = args.min_term
     if args.settle is not None:
         options["settle"] = args.settle
+    if args.health_file is not None:
+        sick = Path(args.health_file)
+
+        async def check() -> bool:
+            ok = not await anyio.Path(sick).exists()
+            emit({"event": "health", "id": args.id, "ok": ok, "t": time.monotonic()})
+            return ok
+
+        options.update(
+            health_check=check,
+            health_interval=args.health_interval,
+            health_timeout=1.0,
+            unhealthy_after=2,
+            healthy_after=3,
+        )
 
     async with aioelect.Elector(
         endpoints=args.endpoints, prefix=args.prefix, ttl=args.ttl
