@@ -192,9 +192,13 @@ async def _cmd_candidates(args: argparse.Namespace) -> int:
     async with _elector(args) as elector:
         for c in await elector.candidates(args.name):
             if args.json:
-                print(json.dumps(_info_dict(c)))
+                print(json.dumps({**_info_dict(c), "priority": c.priority, "healthy": c.healthy}))
             else:
-                print(f"{c.value.decode(errors='replace')}\ttoken={c.token}\t{c.key.decode()}")
+                health = "" if c.healthy is None else f"\thealthy={'yes' if c.healthy else 'no'}"
+                print(
+                    f"{c.value.decode(errors='replace')}\ttoken={c.token}\t{c.key.decode()}"
+                    f"\tpriority={c.priority}{health}"
+                )
     return 0
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import time
 
 import anyio
 import pytest
 from helpers import ElectorFactory, eventually, keys_under
+from test_cli import _cli
+from test_interop import _line, etcdctl_elect
 
 import aioelect
 from aioelect._connection import Connection
 from aioelect._preference import decode_record, version_priority
+from aioelect.testing import EtcdServer
 
 
 def _records(elector: aioelect.Elector, name: str) -> int:
@@ -370,3 +375,71 @@ def test_record_codec() -> None:
     assert decode_record(b"garbage") is None
     assert decode_record(b'{"priority":"x"}') is None
     assert decode_record(b"[1]") is None
+
+
+@pytest.mark.asyncio
+async def test_cli_candidates_show_priority_and_health(
+    make_elector: ElectorFactory, etcd: EtcdServer, etcd_prefix: str
+) -> None:
+    """'aioelect candidates' prints each candidate's priority and health."""
+    a = await make_elector()
+
+    async def ok() -> bool:
+        return True
+
+    async with a.hold("job", "a", priority=7, health_check=ok, health_interval=0.05):
+        await eventually(lambda: _records(a, "job") == 1, what="record")
+        text = await anyio.run_process(_cli(etcd, etcd_prefix, "candidates", "job"))
+        fields = text.stdout.decode().strip().split("\t")
+        assert fields[0] == "a"
+        assert fields[-2:] == ["priority=7", "healthy=yes"]
+        out = await anyio.run_process(_cli(etcd, etcd_prefix, "candidates", "job", "--json"))
+        row = json.loads(out.stdout)
+        assert (row["value"], row["priority"], row["healthy"]) == ("a", 7, True)
+
+
+@pytest.mark.asyncio
+async def test_go_candidate_keeps_its_fifo_place(
+    make_elector: ElectorFactory, raw: Connection, etcd: EtcdServer, etcd_prefix: str
+) -> None:
+    """An etcdctl elect candidate queued behind a preempting one is never disturbed: its key
+    stays, and it leads next, before the preempted leader that campaigned again."""
+    a = await make_elector()
+    b = await make_elector()
+    a_elected = anyio.Event()
+    b_elected = anyio.Event()
+
+    async def on_a(term: aioelect.Term) -> None:
+        a_elected.set()
+
+    async def on_b(term: aioelect.Term) -> None:
+        b_elected.set()
+
+    la = a.leadership("job", "a", on_elected=on_a, min_term=0, settle=0)
+    lb = b.leadership("job", "b", on_elected=on_b)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(la.run)
+        await a_elected.wait()
+        tg.start_soon(lb.run)
+        await eventually(lambda: len(a._mirror.view("job").kvs) == 2, what="b queued")
+        async with etcdctl_elect(etcd, f"{etcd_prefix}/job", "go-1") as (proc, out):
+            await eventually(lambda: len(a._mirror.view("job").kvs) == 3, what="go queued")
+            go = [c for c in await a.candidates("job") if c.value == b"go-1"]
+            assert [c.priority for c in go] == [0]
+            b_elected_before = b_elected.is_set()
+            lb.set_priority(9)  # b now outranks a: a hands over to b, go keeps its place
+            await b_elected.wait()
+            assert not b_elected_before
+            await eventually(lambda: len(a._mirror.view("job").kvs) == 3, what="a queued")
+            infos = await a.candidates("job")
+            assert [c.value for c in infos] == [b"b", b"go-1", b"a"]
+            assert [c.token for c in infos if c.value == b"go-1"] == [go[0].token]
+            lb.stop()  # b resigns: the Go candidate is next, then a
+            assert await _line(out) == go[0].key
+            assert await _line(out) == b"go-1"
+            leader = await a.leader("job")
+            assert leader is not None
+            assert leader.value == b"go-1"
+            la.stop()
+            proc.send_signal(signal.SIGINT)
+    assert await keys_under(raw, f"{etcd_prefix}/job/") == []
