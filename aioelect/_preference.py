@@ -303,7 +303,9 @@ class Candidacy:
         if self._scope is None:
             self._scope = anyio.CancelScope()
         self._scope.cancel()
-        await done.wait()
+        # Bounded: a task cancelled before it ever ran (the elector closing) sets nothing.
+        with anyio.move_on_after(self._elector._conn.timeout + 1):
+            await done.wait()
         self._done = self._scope = None
 
     async def _run(self, done: anyio.Event) -> None:
