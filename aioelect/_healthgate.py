@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import anyio
 
@@ -73,7 +73,7 @@ def health_options(
         raise ConfigError(
             "health_check", f"must be an async function () -> bool | None, not {check!r}"
         )
-    return HealthOptions(check, seconds, bound, after_bad, after_good)
+    return HealthOptions(cast(HealthCheck, check), seconds, bound, after_bad, after_good)
 
 
 class HealthGate:
