@@ -122,3 +122,34 @@ async def shard_group(elector: aioelect.Elector) -> int:
         report: dict[str, object] = group.health()
         assert report
         return len(owned) + len(stats.owned)
+
+
+async def preference(elector: aioelect.Elector) -> None:
+    async def healthy() -> bool:
+        return True
+
+    leadership: aioelect.Leadership = elector.leadership(
+        "scheduler",
+        "worker-1",
+        priority=aioelect.version_priority("1.4.2", prefer="newest"),
+        min_term=timedelta(seconds=5),
+        settle=1,
+        health_check=healthy,
+        health_interval=5.0,
+        health_timeout=timedelta(seconds=2),
+        unhealthy_after=3,
+        healthy_after=2,
+    )
+    leadership.set_priority(leadership.priority + 1)
+    ok: bool | None = leadership.healthy
+    async with elector.hold("scheduler", "worker-1", priority=3, preemptible=True) as term:
+        del term
+    infos = await elector.candidates("scheduler")
+    levels: list[tuple[int, bool | None]] = [(c.priority, c.healthy) for c in infos]
+    stats = elector.statistics()
+    counts: tuple[int, int, int] = (
+        stats.preemptions,
+        stats.unhealthy_transitions,
+        stats.unhealthy_candidates,
+    )
+    del ok, levels, counts
