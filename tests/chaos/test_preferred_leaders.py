@@ -113,8 +113,7 @@ async def test_flapping_priority_does_not_flap_leadership(
         _verify(procs, history, lines)
         spans = analyse(history).terms["job"]
         changes = len(spans) - 1  # the first term is the initial election
-        # b leaves at the end: a's exit may then elect nobody, or b first: count before.
-        assert changes <= 1 + elapsed / min_term + 1, [s.token for s in spans]
+        assert changes <= max(1.0, elapsed / min_term), [s.token for s in spans]
         assert len(b.find("elected")) == 0, "b never outranked a for the settling time"
         lines.append(f"{flips} priority flips over {elapsed:.1f} s: {changes} leader changes")
 
