@@ -9,10 +9,13 @@ import time
 import anyio
 import pytest
 from helpers import ElectorFactory, eventually, keys_under
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from test_cli import _cli
 from test_interop import _line, etcdctl_elect
 
 import aioelect
+import aioelect.prometheus
 from aioelect._connection import Connection
 from aioelect._preference import decode_record, version_priority
 from aioelect.testing import EtcdServer
@@ -62,6 +65,17 @@ async def test_higher_priority_joiner_preempts_a_hold_block(make_elector: Electo
         assert ended[0] - started[0] >= 0.5
         infos = await b.candidates("job")
         assert [(c.value, c.priority) for c in infos] == [(b"b", 10)]
+        assert a.statistics().preemptions == 1
+        registry = CollectorRegistry()
+        aioelect.prometheus.register(a, registry=registry)
+        text = generate_latest(registry).decode()
+        assert "aioelect_preemptions_total" in text
+        assert [
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "aioelect_preemptions_total"
+        ] == [1.0]
         tg.cancel_scope.cancel()
 
 
@@ -258,6 +272,17 @@ async def test_unhealthy_leader_hands_over_and_returns_after_successes(
         assert la.healthy is False
         report = aioelect.health(a, la)
         assert report["leaderships"][0]["healthy"] is False
+        assert report["ready"] is False  # withdrawn: not ready
+        assert a.statistics().unhealthy_candidates == 1
+        registry = CollectorRegistry()
+        aioelect.prometheus.register(a, registry=registry)
+        gauges = [
+            s.value
+            for f in text_string_to_metric_families(generate_latest(registry).decode())
+            for s in f.samples
+            if s.name == "aioelect_unhealthy_candidates"
+        ]
+        assert gauges == [1.0]
         # Withdrawn: only b's candidate key is left.
         infos = await b.candidates("job")
         assert [c.value for c in infos] == [b"b"]
