@@ -56,6 +56,7 @@ __all__ = (
     "decode_record",
     "preference_options",
     "preference_records",
+    "standing",
     "version_priority",
 )
 
@@ -455,6 +456,15 @@ async def _first_of(*events: anyio.Event) -> None:
 
         for event in events:
             tg.start_soon(one, event)
+
+
+def standing(view: ElectionView, kv: KV) -> tuple[bool, int]:
+    """How candidate ``kv`` ranks by its record: (not unhealthy, priority); (True, 0) without."""
+    record = view.record_of(kv)
+    decoded = None if record is None else decode_record(record.value)
+    if decoded is None:
+        return True, 0
+    return decoded[1] is not False, decoded[0]
 
 
 async def preference_records(

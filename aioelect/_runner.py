@@ -37,7 +37,7 @@ from ._healthgate import HealthCheck
 from ._identity import node_identity
 from ._jobs import LeaderOnly, stop_jobs
 from ._leadership import Leadership
-from ._preference import DEFAULT_MIN_TERM, DEFAULT_SETTLE, preference_options
+from ._preference import DEFAULT_MIN_TERM, DEFAULT_SETTLE, preference_options, standing
 from ._term import Term
 
 __all__ = ("LeadershipRunner",)
@@ -111,7 +111,9 @@ class LeadershipRunner:
         unhealthy_after: as for :meth:`Elector.leadership`.
         healthy_after: as for :meth:`Elector.leadership`.
         graceful_leave: on exit, hand leadership over to the youngest live
-            candidate instead of resigning to the next in line (default True).
+            candidate instead of resigning to the next in line (default True);
+            with priorities, to the youngest of the highest priority (an
+            unhealthy one last).
         leave_wait: on exit, how long the leader keeps leading while it
             waits for a candidate that campaigns after it began to leave (the
             new worker of a rolling reload that is still starting, rather
@@ -329,11 +331,12 @@ class LeadershipRunner:
         candidates = newcomers or others()
         if not candidates or not term.is_valid:
             return
-        youngest = max(candidates, key=lambda kv: kv.create_revision)
+        # The highest priority first (all 0 without preference records), then the youngest.
+        youngest = max(candidates, key=lambda kv: (standing(view, kv), kv.create_revision))
         try:
             await leadership.change_leader_to(youngest.value)
             log.info(
-                "leaving %r: handed over to the youngest candidate %r",
+                "leaving %r: handed over to the best (priority, then youngest) candidate %r",
                 self.name,
                 youngest.value.decode(errors="replace"),
             )

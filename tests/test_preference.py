@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 
 import anyio
 import pytest
@@ -468,3 +470,34 @@ async def test_go_candidate_keeps_its_fifo_place(
             la.stop()
             proc.send_signal(signal.SIGINT)
     assert await keys_under(raw, f"{etcd_prefix}/job/") == []
+
+
+@pytest.mark.asyncio
+async def test_runner_leaves_to_the_highest_priority(make_elector: ElectorFactory) -> None:
+    """A leaving LeadershipRunner hands over to the highest priority, not the youngest."""
+    a, b, c = [await make_elector() for _ in range(3)]
+    elected = {v: anyio.Event() for v in "abc"}
+
+    def on(value: str) -> Callable[[aioelect.Term], Awaitable[None]]:
+        async def on_elected(term: aioelect.Term) -> None:
+            elected[value].set()
+
+        return on_elected
+
+    view = a._mirror.view("job")
+    async with AsyncExitStack() as stack:
+        async with aioelect.LeadershipRunner(a, "job", "a", priority=9, on_elected=on("a")):
+            await elected["a"].wait()
+            await stack.enter_async_context(
+                aioelect.LeadershipRunner(b, "job", "b", priority=5, on_elected=on("b"))
+            )
+            await eventually(lambda: len(view.kvs) == 2, what="b queued")
+            await stack.enter_async_context(
+                aioelect.LeadershipRunner(c, "job", "c", on_elected=on("c"))
+            )
+            await eventually(lambda: len(view.kvs) == 3 and _records(a, "job") == 2)
+        # a left: b (priority 5) was chosen over the youngest, c (no priority).
+        await elected["b"].wait()
+        assert not elected["c"].is_set()
+        infos = await a.candidates("job")
+        assert [c.value for c in infos][:1] == [b"b"]
