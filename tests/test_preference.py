@@ -19,8 +19,15 @@ from test_interop import _line, etcdctl_elect
 import aioelect
 import aioelect.prometheus
 from aioelect._connection import Connection
+from aioelect._few import add
 from aioelect._preference import decode_record, version_priority
 from aioelect.testing import EtcdServer
+
+
+async def _queue(elector: aioelect.Elector, n: int) -> list[str] | None:
+    """The values of election "job"'s candidates, read from etcd, once there are ``n``."""
+    values = [c.value.decode() for c in await elector.candidates("job")]
+    return values if len(values) == n else None
 
 
 def _records(elector: aioelect.Elector, name: str) -> int:
@@ -149,8 +156,7 @@ async def test_highest_challenger_wins_ties_fifo(make_elector: ElectorFactory) -
         assert elected == ["a", first_best]
         # a campaigned again, behind; as with transfer(), candidates queued before
         # the target moved to the back, those after it kept their place.
-        await eventually(lambda: len(view.kvs) == 4, what="a queued again")
-        order = [c.value.decode() for c in await electors[0].candidates("job")]
+        order = await eventually(lambda: _queue(electors[0], 4), what="a queued again")
         after = queue[queue.index(first_best) + 1 :]
         assert order[: 1 + len(after)] == [first_best, *after]
         assert sorted(order) == ["a", "b", "c", "d"]
@@ -194,7 +200,7 @@ async def test_leadership_steps_down_and_campaigns_again_behind(
         await b_elected.wait()
         assert log == ["a elected", "a stepped down", "b elected"]
         assert lb.priority == 3
-        await eventually(lambda: len(a._mirror.view("job").kvs) == 2, what="a queued again")
+        await eventually(lambda: _queue(a, 2), what="a queued again")
         infos = await a.candidates("job")
         assert [(c.value, c.priority) for c in infos] == [(b"b", 3), (b"a", 0)]
         la.stop()
@@ -214,15 +220,6 @@ class _Switch:
             await anyio.sleep_forever()
         self.answers.append(self.ok)
         return self.ok
-
-    def streak(self) -> int:
-        """Consecutive successes at the end of the answers."""
-        n = 0
-        for ok in reversed(self.answers):
-            if not ok:
-                break
-            n += 1
-        return n
 
 
 @pytest.mark.parametrize("hang", [False, True], ids=["fails", "hangs"])
@@ -288,10 +285,21 @@ async def test_unhealthy_leader_hands_over_and_returns_after_successes(
         # Withdrawn: only b's candidate key is left.
         infos = await b.candidates("job")
         assert [c.value for c in infos] == [b"b"]
+        # When a's new key shows up, how many checks in a row had passed.
+        gate = la._candidacy.gate if la._candidacy is not None else None
+        assert gate is not None
+        view = b._mirror.view("job")
+        back: list[int] = []
+
+        def on_change() -> None:
+            if len(view.kvs) == 2 and not back:
+                back.append(gate.successes)
+
+        view.change_listeners = add(view.change_listeners, on_change)
         check.hang = False
         check.ok = True
-        await eventually(lambda: len(b._mirror.view("job").kvs) == 2, what="a back in line")
-        assert check.streak() >= 3  # campaigned again only after M successes in a row
+        await eventually(lambda: back, what="a back in line")
+        assert back[0] >= 3  # campaigned again only after M successes in a row
         assert la.healthy is True
         stats = a.statistics()
         assert stats.unhealthy_transitions == 1
@@ -457,7 +465,7 @@ async def test_go_candidate_keeps_its_fifo_place(
             lb.set_priority(9)  # b now outranks a: a hands over to b, go keeps its place
             await b_elected.wait()
             assert not b_elected_before
-            await eventually(lambda: len(a._mirror.view("job").kvs) == 3, what="a queued")
+            await eventually(lambda: _queue(a, 3), what="a queued")
             infos = await a.candidates("job")
             assert [c.value for c in infos] == [b"b", b"go-1", b"a"]
             assert [c.token for c in infos if c.value == b"go-1"] == [go[0].token]
