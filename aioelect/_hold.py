@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._campaign import campaign
+from ._candidacy import Candidacy
 from ._config import check_candidate_size, check_name, to_bytes, value_limit
 from ._connection import KV
 from ._exceptions import AioelectError, ConfigError, LeadershipLost
 from ._mirror import leader_info
 from ._observe import Observer
-from ._preference import Candidacy, PreferenceOptions, preempted_reason
+from ._preference import PreferenceOptions, preempted_reason
 from ._term import RESIGNED, Term, cancellation_was_ours
 
 if TYPE_CHECKING:

@@ -44,6 +44,7 @@ import anyio
 from ._backoff import Backoff
 from ._callbacks import ERROR_BACKOFF, Callbacks, OnElected, OnLeaderChange, OnSteppedDown
 from ._campaign import campaign as run_campaign
+from ._candidacy import Candidacy
 from ._config import (
     Duration,
     check_backoff,
@@ -55,7 +56,7 @@ from ._config import (
 from ._connection import KV
 from ._exceptions import AioelectError, ConfigError, NotLeader
 from ._lease import LeaderLease
-from ._preference import Candidacy, PreferenceOptions, preempted_reason
+from ._preference import PreferenceOptions, preempted_reason, preference_options
 from ._term import Term, cancellation_was_ours, scope_cancellation_in_disguise
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -199,8 +200,6 @@ class Leadership:
         if not self._campaign:
             raise ConfigError("priority", "an observing Leadership (campaign=False) has none")
         if self._candidacy is None:
-            from ._preference import preference_options
-
             self._candidacy = Candidacy(
                 self._elector, self.name, preference_options(preemptible=False)
             )
