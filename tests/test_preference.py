@@ -20,6 +20,7 @@ import aioelect
 import aioelect.prometheus
 from aioelect._connection import Connection
 from aioelect._few import add
+from aioelect._keys import preference_key, split_key, split_preference_key
 from aioelect._preference import decode_record, version_priority
 from aioelect.testing import EtcdServer
 
@@ -509,3 +510,23 @@ async def test_runner_leaves_to_the_highest_priority(make_elector: ElectorFactor
         assert not elected["c"].is_set()
         infos = await a.candidates("job")
         assert [c.value for c in infos][:1] == [b"b"]
+
+
+@pytest.mark.parametrize(
+    ("key", "name"),
+    [
+        (b"/p/job\x00pref\x00a1b2", "job"),
+        (b"/p/job/a1b2", None),  # a candidate key
+        (b"/p/job\x00transfer", None),  # a transfer record
+        (b"/p/\x00pref\x00a1", None),  # no name
+        (b"/p/job\x00pref\x00", None),  # no lease
+        (b"/p/a/b\x00pref\x001", None),  # a name with '/'
+        (b"/q/job\x00pref\x001", None),  # another prefix
+    ],
+)
+def test_preference_key_layout(key: bytes, name: str | None) -> None:
+    """Preference records are recognised by their key alone, and never as candidates."""
+    assert split_preference_key(b"/p/", key) == name
+    assert preference_key("/p", "job", 0xA1B2) == b"/p/job\x00pref\x00a1b2"
+    if name is not None:
+        assert split_key(b"/p/", key) is None
