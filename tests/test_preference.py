@@ -530,3 +530,34 @@ def test_preference_key_layout(key: bytes, name: str | None) -> None:
     assert preference_key("/p", "job", 0xA1B2) == b"/p/job\x00pref\x00a1b2"
     if name is not None:
         assert split_key(b"/p/", key) is None
+
+
+@pytest.mark.asyncio
+async def test_waiting_hold_withdraws_while_unhealthy(make_elector: ElectorFactory) -> None:
+    """A waiting hold() whose check fails withdraws its key; healthy again, it queues anew."""
+    a = await make_elector()
+    b = await make_elector()
+    check = _Switch()
+    entered = anyio.Event()
+
+    async def waiter() -> None:
+        async with b.hold(
+            "job", "b", health_check=check, health_interval=0.05, unhealthy_after=1, healthy_after=1
+        ):
+            entered.set()
+            await anyio.sleep_forever()
+
+    async with a.hold("job", "a"):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            first = await eventually(lambda: _queue(a, 2), what="b queued")
+            assert first == ["a", "b"]
+            token = [c.token for c in await a.candidates("job") if c.value == b"b"]
+            check.ok = False
+            await eventually(lambda: _queue(a, 1), what="b withdrawn")
+            check.ok = True
+            await eventually(lambda: _queue(a, 2), what="b queued again")
+            again = [c.token for c in await a.candidates("job") if c.value == b"b"]
+            assert again[0] > token[0]  # a new key, at the back
+            assert not entered.is_set()
+            tg.cancel_scope.cancel()
