@@ -31,8 +31,9 @@ __all__ = ("Candidacy",)
 log = logging.getLogger("aioelect")
 
 
-#: Called with the challenger's candidate KV and its priority when the leader must hand over.
-OnPreempt = Callable[[KV, int], None]
+#: Called with the challenger's candidate KV and its priority when the leader must hand
+#: over; returns whether it does (counted in ``statistics().preemptions``).
+OnPreempt = Callable[[KV, int], bool]
 #: Called with the new health state and the reason when it changes.
 OnHealth = Callable[[bool, str], None]
 
@@ -269,8 +270,8 @@ class _Watch:
         self._since = since
         if best is not None:
             self.close()
-            self._candidacy._elector._preference.preemptions += 1
-            self._on_preempt(*best)
+            if self._on_preempt(*best):
+                self._candidacy._elector._preference.preemptions += 1
         elif due_next is not None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_at(loop.time() + (due_next - now), self.evaluate)

@@ -113,11 +113,13 @@ class HoldBlock:
         """End the block (the term still valid) on a preemption or a failed health check."""
         name = self._name
 
-        def preempt(target: KV, priority: int) -> None:
-            if self._cut is None and term.is_valid:
-                self._cut = (preempted_reason(target, priority), target)
-                log.info("election %r: %s: handing over", name, self._cut[0])
-                scope.cancel()
+        def preempt(target: KV, priority: int) -> bool:
+            if self._cut is not None or not term.is_valid:
+                return False
+            self._cut = (preempted_reason(target, priority), target)
+            log.info("election %r: %s: handing over", name, self._cut[0])
+            scope.cancel()
+            return True
 
         def health(healthy: bool, reason: str) -> None:
             if not healthy and self._cut is None and term.is_valid:

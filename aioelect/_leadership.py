@@ -511,13 +511,15 @@ class Leadership:
     def _watch(self, candidacy: Candidacy, term: Term) -> None:
         """Step down on a preemption (handing over) or a failed health check (resigning)."""
 
-        def preempt(target: KV, priority: int) -> None:
-            if self._transfer is None and not self._stopped and term.is_valid:
-                log.info("%s: %s: handing over", self._label(), preempted_reason(target, priority))
-                self._transfer = target
-                self._wake.set()
-                if self._lead_scope is not None:
-                    self._lead_scope.cancel()
+        def preempt(target: KV, priority: int) -> bool:
+            if self._transfer is not None or self._stopped or not term.is_valid:
+                return False
+            log.info("%s: %s: handing over", self._label(), preempted_reason(target, priority))
+            self._transfer = target
+            self._wake.set()
+            if self._lead_scope is not None:
+                self._lead_scope.cancel()
+            return True
 
         def health(healthy: bool, reason: str) -> None:
             if not healthy and term.is_valid and not self._unhealthy:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -37,8 +38,11 @@ def _records(elector: aioelect.Elector, name: str) -> int:
 
 
 @pytest.mark.asyncio
-async def test_higher_priority_joiner_preempts_a_hold_block(make_elector: ElectorFactory) -> None:
+async def test_higher_priority_joiner_preempts_a_hold_block(
+    make_elector: ElectorFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     """A waiting candidate of higher priority takes over after the leader's minimum term."""
+    caplog.set_level(logging.INFO, logger="aioelect")
     a = await make_elector()
     b = await make_elector()
     a_in = anyio.Event()
@@ -76,6 +80,7 @@ async def test_higher_priority_joiner_preempts_a_hold_block(make_elector: Electo
         infos = await b.candidates("job")
         assert [(c.value, c.priority) for c in infos] == [(b"b", 10)]
         assert a.statistics().preemptions == 1
+        assert "election 'job': preempted by 'b' (priority 10): handing over" in caplog.messages
         registry = CollectorRegistry()
         aioelect.prometheus.register(a, registry=registry)
         text = generate_latest(registry).decode()
@@ -226,9 +231,14 @@ class _Switch:
 @pytest.mark.parametrize("hang", [False, True], ids=["fails", "hangs"])
 @pytest.mark.asyncio
 async def test_unhealthy_leader_hands_over_and_returns_after_successes(
-    make_elector: ElectorFactory, raw: Connection, etcd_prefix: str, hang: bool
+    make_elector: ElectorFactory,
+    raw: Connection,
+    etcd_prefix: str,
+    hang: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A leader whose check fails (or hangs) N times resigns; it campaigns after M successes."""
+    caplog.set_level(logging.INFO, logger="aioelect")
     a = await make_elector()
     b = await make_elector()
     check = _Switch()
@@ -273,6 +283,10 @@ async def test_unhealthy_leader_hands_over_and_returns_after_successes(
         report = aioelect.health(a, la)
         assert report["leaderships"][0]["healthy"] is False
         assert report["ready"] is False  # withdrawn: not ready
+        why = "did not answer within 0.1 s" if hang else "returned False"
+        assert [m for m in caplog.messages if "stepping down" in m] == [
+            f"election 'job': stepping down: 2 health checks in a row failed (health check {why})"
+        ]
         assert a.statistics().unhealthy_candidates == 1
         registry = CollectorRegistry()
         aioelect.prometheus.register(a, registry=registry)
