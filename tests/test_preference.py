@@ -68,12 +68,29 @@ async def test_higher_priority_joiner_preempts_a_hold_block(
             b_in.set()
             await anyio.sleep_forever()
 
+    c = await make_elector()
+    seen: list[bytes | None] = []
+    b_seen = anyio.Event()
+
+    async def observer() -> None:
+        async with c.observe("job") as leaders:
+            async for info in leaders:
+                seen.append(None if info is None else info.value)
+                if info is not None and info.value == b"b":
+                    b_seen.set()
+
     async with anyio.create_task_group() as tg:
         tg.start_soon(leader)
         await a_in.wait()
+        tg.start_soon(observer)
         tg.start_soon(challenger)
         await b_in.wait()
         await a_out.wait()
+        await b_seen.wait()
+        # One leader change, no vacancy in between. (observe() may first report a
+        # stale None on etcd < 3.5.8, whose progress notifications can run ahead of
+        # events (etcd #15220): a known issue of observe(), not of the handover.)
+        assert seen[seen.index(b"a") :] == [b"a", b"b"]
         assert lost == ["preempted by 'b' (priority 10)"]
         # The minimum term is a guarantee: the leader was not preempted before it.
         assert ended[0] - started[0] >= 0.5
