@@ -138,7 +138,9 @@ class HealthGate:
     def _flip(self, healthy: bool, reason: str) -> None:
         self.healthy = healthy
         self.changed_at = time.monotonic()
-        log.info("%s: %s: %s", self._label, "healthy" if healthy else "unhealthy", reason)
+        log.info(
+            "%s: health check now %s: %s", self._label, "passes" if healthy else "fails", reason
+        )
         if healthy and self._healthy_event is not None:
             self._healthy_event.set()
             self._healthy_event = None
