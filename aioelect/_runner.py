@@ -333,13 +333,22 @@ class LeadershipRunner:
             return
         # The highest priority first (all 0 without preference records), then the youngest.
         youngest = max(candidates, key=lambda kv: (standing(view, kv), kv.create_revision))
+        healthy, priority = standing(view, youngest)
         try:
             await leadership.change_leader_to(youngest.value)
-            log.info(
-                "leaving %r: handed over to the best (priority, then youngest) candidate %r",
-                self.name,
-                youngest.value.decode(errors="replace"),
-            )
+            if healthy and priority == 0:  # no preference in play
+                log.info(
+                    "leaving %r: handed over to the youngest candidate %r",
+                    self.name,
+                    youngest.value.decode(errors="replace"),
+                )
+            else:
+                log.info(
+                    "leaving %r: handed over to the candidate of highest priority %r (%d)",
+                    self.name,
+                    youngest.value.decode(errors="replace"),
+                    priority,
+                )
         except AioelectError as exc:  # gone meanwhile, no longer leading, etcd unavailable
             log.info("leaving %r: no handover (%s); resigning", self.name, exc)
 
