@@ -17,9 +17,17 @@ share of them (``numgen random``). Cuts are directed, so a one-way drop is
 the same operation as a two-way cut, done once. Only IP is filtered (ARP
 always flows), as when a switch or a firewall drops a flow. Latency is a
 ``netem`` qdisc on the hub's port towards the destination (under an ``htb``
-class per source); kernels without netem (some VMs' minimal kernels) get
-cuts and loss but :meth:`Network.impair` with a delay raises
-:class:`NetnsError` (see :func:`netem_unavailable`).
+class per source). Kernels without netem (some VMs' minimal kernels, see
+:func:`netem_unavailable`) delay in userspace instead: :meth:`Network.relay`
+starts a TCP relay (a :class:`~aioelect.testing.FaultProxy` whose thread
+entered the source's namespace) on the source namespace's loopback, forwarding
+to the destination's address; a process in that namespace connects to the
+relay, and a link's delay then holds each chunk of bytes in the relay (per
+direction), while cuts and loss still drop the relay's own packets in the hub.
+Only traffic through a relay is delayed then: :meth:`Network.impair` with a
+delay on a link no relay carries raises :class:`NetnsError`. Unlike netem, the
+delay is added above TCP: the lossy connection's round trip (and so its
+retransmission timeout) stays short.
 
 The test process itself stays in the host namespace. It reaches the members
 of a :class:`PartitionCluster` through unix sockets that etcd also listens on:
@@ -30,8 +38,10 @@ the history watch of the chaos suite) sees every member throughout.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -45,6 +55,7 @@ from aetcd import rpc
 from .._connection import Connection, _Client
 from .._embedded import EtcdProcess
 from .._exceptions import AioelectError, EtcdError
+from ._proxy import FaultProxy
 
 __all__ = (
     "Impairment",
@@ -192,6 +203,53 @@ class Impairment:
         return " ".join(args)
 
 
+_CLONE_NEWNET = 0x40000000
+
+
+def _enter_netns(name: str) -> None:
+    """Move the calling thread (only it) into the network namespace ``name``."""
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if sys.version_info >= (3, 12):
+            os.setns(fd, os.CLONE_NEWNET)
+        else:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.setns(fd, _CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns into {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+class _Relay(FaultProxy):
+    """A TCP relay whose thread lives in a node's namespace: it listens on that
+    namespace's loopback and connects to ``host:port`` from there, holding each
+    chunk for the delay of its direction (``up``: towards ``host``)."""
+
+    def __init__(self, netns: str, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self._netns = netns
+        self._up = Impairment()
+        self._down = Impairment()
+        self._rng = random.Random()
+
+    async def _listen(self) -> None:
+        _enter_netns(self._netns)  # this thread only, before any socket is made
+        await super()._listen()
+
+    def _latency(self, up: bool) -> float:
+        imp = self._up if up else self._down
+        if imp.jitter:
+            return max(0.0, self._rng.gauss(imp.delay, imp.jitter))
+        return imp.delay
+
+    def set_delays(self, up: Impairment, down: Impairment) -> None:
+        async def apply() -> None:
+            self._up, self._down = up, down
+
+        self._control(apply())
+
+
 class Network:
     """Nodes in network namespaces around a bridge, and the faults between them.
 
@@ -217,6 +275,7 @@ class Network:
         self._cuts: set[tuple[str, str]] = set()
         self._impaired: dict[tuple[str, str], Impairment] = {}
         self._delays: dict[tuple[str, str], str] = {}
+        self._relays: dict[tuple[str, str, int], _Relay] = {}
         self._made: list[str] = []
 
     # -- naming --------------------------------------------------------------------------
@@ -273,7 +332,10 @@ class Network:
             raise
 
     def close(self) -> None:
-        """Remove every namespace (and with them the veth pairs and rules)."""
+        """Close every relay; remove every namespace (and with them the veth pairs and rules)."""
+        while self._relays:
+            _, relay = self._relays.popitem()
+            relay.close()
         while self._made:
             ns = self._made.pop()
             with contextlib.suppress(NetnsError):
@@ -339,7 +401,11 @@ class Network:
         loss: float = 0.0,
         both_ways: bool = True,
     ) -> None:
-        """Delay and/or lose packets on a link (netem); replaces that link's impairment.
+        """Delay and/or lose packets on a link; replaces that link's impairment.
+
+        Loss is an nftables rule; a delay is netem, or where the kernel has none,
+        added by the relays that carry the link (:meth:`relay`; :class:`NetnsError`
+        if none does, and then nothing changes).
 
         Args:
             delay, jitter: seconds.
@@ -347,6 +413,7 @@ class Network:
             both_ways: the reverse link too.
         """
         imp = Impairment(delay, jitter, loss)
+        before = dict(self._impaired)
         links = [(source, destination)] + ([(destination, source)] if both_ways else [])
         for s, d in links:
             self._check(s)
@@ -355,7 +422,40 @@ class Network:
                 self._impaired.pop((s, d), None)
             else:
                 self._impaired[(s, d)] = imp
-        self._apply()
+        try:
+            self._apply()
+        except NetnsError:
+            self._impaired = before  # refused (no netem, no relay): nothing changed
+            self._apply()
+            raise
+
+    def relay(self, source: str, destination: str, port: int) -> str:
+        """A TCP relay in ``source``'s namespace to ``destination``'s ``port``, for
+        delays where the kernel has no netem (:func:`netem_unavailable`).
+
+        Returns ``127.0.0.1:PORT`` (a free port on ``source``'s own loopback): a
+        process in ``source``'s namespace that connects there reaches
+        ``destination`` through the relay, whose connection is ``source``'s (cuts
+        and loss apply to it). Without netem, :meth:`impair`'s delay and jitter on
+        the links ``source``->``destination`` and back are added by the relay to
+        each chunk of bytes, in that direction; with netem the relay only forwards
+        (the kernel delays its packets). The same call returns the same relay; it
+        lives until :meth:`close`.
+        """
+        self._check(source)
+        self._check(destination)
+        if not self._made:
+            raise NetnsError("Network.relay() needs the network: create() it first")
+        if not 0 < port < 65536:
+            raise ValueError(f"port must be between 1 and 65535, got {port!r}")
+        key = (source, destination, port)
+        if key not in self._relays:
+            relay = _Relay(self.netns(source), self.address(destination), port)
+            relay.start()
+            self._relays[key] = relay
+            if self._delays and netem_unavailable() is not None:
+                self._relay_delays(self._delays)
+        return self._relays[key].endpoint
 
     def heal(self) -> None:
         """Every link healthy again: no cut, no impairment."""
@@ -408,9 +508,18 @@ class Network:
                 want[link] = netem
         if want == self._delays:
             return
-        reason = netem_unavailable() if want else None
+        reason = netem_unavailable() if want or self._delays else None
         if reason is not None:
-            raise NetnsError(reason)
+            uncovered = sorted(link for link in want if not self._relayed(link))
+            if uncovered:
+                s, d = uncovered[0]
+                raise NetnsError(
+                    f"{reason}; a delay then applies only to traffic through a relay, "
+                    f"and no Network.relay() carries {s}->{d}"
+                )
+            self._relay_delays(want)
+            self._delays = want
+            return
         tc: list[str] = []
         for dst in self.nodes:
             had = any(d == dst for _, d in self._delays)
@@ -433,6 +542,20 @@ class Network:
                 ]
         _run("tc", "-n", self.hub, "-batch", "-", stdin="\n".join(tc) + "\n")
         self._delays = want
+
+    def _relayed(self, link: tuple[str, str]) -> bool:
+        s, d = link
+        return any({src, dst} == {s, d} for src, dst, _ in self._relays)
+
+    def _relay_delays(self, want: dict[tuple[str, str], str]) -> None:
+        """Give each relay the delays of its two links (those in ``want``; else none)."""
+        for (src, dst, _), relay in self._relays.items():
+            up = self._impaired.get((src, dst), Impairment()) if (src, dst) in want else None
+            down = self._impaired.get((dst, src), Impairment()) if (dst, src) in want else None
+            relay.set_delays(
+                Impairment(up.delay, up.jitter) if up else Impairment(),
+                Impairment(down.delay, down.jitter) if down else Impairment(),
+            )
 
 
 class PartitionCluster:
@@ -499,6 +622,17 @@ class PartitionCluster:
         """Every member's endpoint, ``member``'s first (gRPC pick_first connects to it)."""
         m = self.member(member)
         return [m.endpoint] + [e for e in self.endpoints if e != m.endpoint]
+
+    def relayed_endpoints(self, client: str, member: str | None = None) -> list[str]:
+        """Every member's endpoint through a relay in ``client``'s namespace
+        (:meth:`Network.relay`: link delays where the kernel has no netem),
+        ``member``'s first."""
+        order = list(self.member_names)
+        if member is not None:
+            self.member(member)
+            order.remove(member)
+            order.insert(0, member)
+        return [self.network.relay(client, m, self.CLIENT_PORT) for m in order]
 
     def member(self, name: str) -> EtcdProcess:
         """The member named ``name``."""

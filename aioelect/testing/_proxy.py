@@ -89,7 +89,7 @@ class _Link:
                 (up_reader, self.client_writer, False),
             ):
                 queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(_QUEUE_CHUNKS)
-                self.tasks.add(loop.create_task(self._read(src, queue)))
+                self.tasks.add(loop.create_task(self._read(src, queue, up)))
                 self.tasks.add(loop.create_task(self._write(queue, dst, up)))
             done, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_EXCEPTION)
             # A reader hit EOF and its writer passed the EOF on: wait for the
@@ -105,7 +105,10 @@ class _Link:
             self.close()
 
     async def _read(
-        self, src: asyncio.StreamReader, queue: asyncio.Queue[tuple[float, bytes] | None]
+        self,
+        src: asyncio.StreamReader,
+        queue: asyncio.Queue[tuple[float, bytes] | None],
+        up: bool,
     ) -> None:
         proxy = self.proxy
         loop = asyncio.get_running_loop()
@@ -115,7 +118,7 @@ class _Link:
             if not data:
                 await queue.put(None)
                 return
-            await queue.put((loop.time() + proxy._delay, data))
+            await queue.put((loop.time() + proxy._latency(up), data))
 
     async def _write(
         self,
@@ -348,6 +351,10 @@ class FaultProxy:
         return self._delay
 
     # -- faults ---------------------------------------------------------------
+
+    def _latency(self, up: bool) -> float:
+        """The delay for a chunk read now, going upstream (``up``) or back (a hook)."""
+        return self._delay
 
     def _control(self, coro: Coroutine[Any, Any, _T]) -> _T:
         loop = self._loop
