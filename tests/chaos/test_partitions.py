@@ -13,7 +13,9 @@ term, and the candidates' validity windows never overlap.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,11 +33,18 @@ from _support import (
     report,
     unmatched_elections,
 )
+from anyio.streams.buffered import BufferedByteReceiveStream
 from helpers import eventually, keys_under
 
 from aioelect import EtcdError
 from aioelect._connection import KV, Connection
-from aioelect.testing import PartitionCluster, netem_unavailable
+from aioelect.testing import (
+    NetnsError,
+    Network,
+    PartitionCluster,
+    netem_unavailable,
+    netns_unavailable,
+)
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.chaos, pytest.mark.partition]
 
@@ -426,3 +435,51 @@ async def test_lossy_link(
             for p in (a, b):
                 assert p.exit() == 0, p.stderr_tail()
         verify(procs, history, lines)
+
+
+ECHO_SERVER = """
+import socket, sys
+srv = socket.create_server((sys.argv[1], 0))
+print(srv.getsockname()[1], flush=True)
+conn, _ = srv.accept()
+while data := conn.recv(65536):
+    conn.sendall(data)
+"""
+ROUND_TRIP = """
+import socket, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.create_connection((host, int(port)), timeout=20)
+s.sendall(b"x"); assert s.recv(1) == b"x"  # connected through to the server
+t = time.monotonic(); s.sendall(b"y"); assert s.recv(1) == b"y"
+print(time.monotonic() - t)
+"""
+
+
+async def test_link_delay_through_a_relay() -> None:
+    """A delay on a link holds what a relay carries (netem or not): a round trip from
+    n0 through its relay to n1's echo server takes at least the delay each way. Without
+    netem, a delay on a link no relay carries is refused and changes nothing."""
+    reason = netns_unavailable()
+    if reason is not None:
+        pytest.skip(f"no network partitions here: {reason}")
+    with Network(["n0", "n1", "n2"]) as net:
+        async with await anyio.open_process(
+            [*net.exec_prefix("n1"), sys.executable, "-c", ECHO_SERVER, net.address("n1")]
+        ) as server:
+            try:
+                assert server.stdout is not None
+                port = int(await BufferedByteReceiveStream(server.stdout).receive_until(b"\n", 16))
+                endpoint = net.relay("n0", "n1", port)
+                assert net.relay("n0", "n1", port) == endpoint  # one relay per link and port
+                net.impair("n0", "n1", delay=0.1, both_ways=False)
+                net.impair("n1", "n0", delay=0.15, both_ways=False)
+                if netem_unavailable() is not None:
+                    with pytest.raises(NetnsError, match=r"no Network\.relay\(\) carries n0->n2"):
+                        net.impair("n0", "n2", delay=0.1)
+                out = await anyio.run_process(
+                    [*net.exec_prefix("n0"), sys.executable, "-c", ROUND_TRIP, endpoint]
+                )
+                assert float(out.stdout) >= 0.25, out.stdout
+            finally:
+                with contextlib.suppress(ProcessLookupError):  # it ends with its client
+                    server.kill()
