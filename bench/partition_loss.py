@@ -30,23 +30,24 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # helpers, which _support imports
 sys.path.insert(0, str(HERE.parent / "tests" / "chaos"))
 
 from _support import Procs  # noqa: E402
 
-from aioelect.testing import PartitionCluster, netns_unavailable  # noqa: E402
+from aioelect.testing import PartitionCluster, netem_unavailable, netns_unavailable  # noqa: E402
 
 
-async def one(loss: float, ttl: int, window: float) -> dict[str, float]:
+async def one(loss: float, delay: float, ttl: int, window: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp, PartitionCluster(3, clients=2) as cluster:
         procs = Procs(Path(tmp))
         try:
-            prefix = f"/bench-loss-{int(loss * 100)}-{ttl}"
+            prefix = f"/bench-loss-{int(loss * 100)}-{int(delay * 1000)}-{ttl}"
 
-            def spawn(ident: str, client: str) -> object:
+            def spawn(ident: str, client: str, endpoints: list[str]) -> object:
                 return procs.spawn(
                     ident=ident,
-                    endpoints=cluster.endpoints,
+                    endpoints=endpoints,
                     prefix=prefix,
                     elections=["job"],
                     ttl=ttl,
@@ -54,12 +55,13 @@ async def one(loss: float, ttl: int, window: float) -> dict[str, float]:
                     wrapper=cluster.exec_prefix(client),
                 )
 
-            a = spawn("a", "c0")
+            relayed = bool(delay) and netem_unavailable() is not None
+            a = spawn("a", "c0", cluster.relayed_endpoints("c0") if relayed else cluster.endpoints)
             await a.wait("elected", timeout=30)  # type: ignore[attr-defined]
-            b = spawn("b", "c1")
+            b = spawn("b", "c1", cluster.endpoints)
             await b.wait("ready", timeout=30)  # type: ignore[attr-defined]
             for m in cluster.member_names:
-                cluster.network.impair("c0", m, loss=loss)
+                cluster.network.impair("c0", m, loss=loss, delay=delay)
             start = time.monotonic()
             await asyncio.sleep(window)
             cluster.heal()
@@ -82,20 +84,25 @@ async def main() -> None:
     parser.add_argument("--window", type=float, default=20.0)
     parser.add_argument("--ttl", type=int, nargs="+", default=[2, 5])
     parser.add_argument("--loss", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    parser.add_argument(
+        "--delay", type=float, nargs="+", default=[0.0], help="seconds added each way"
+    )
     args = parser.parse_args()
     reason = netns_unavailable()
     if reason is not None:
         sys.exit(f"cannot run: {reason}")
-    print(f"window {args.window:g} s per row; a's link loses packets both ways")
-    print("ttl  loss  a_terms_ended  b_elected  a_writes/s")
+    how = "netem" if netem_unavailable() is None else "userspace relays (no netem)"
+    print(f"window {args.window:g} s per row; a's link loses packets both ways; delay: {how}")
+    print("ttl  delay  loss  a_terms_ended  b_elected  a_writes/s")
     for ttl in args.ttl:
-        for loss in args.loss:
-            r = await one(loss, ttl, args.window)
-            print(
-                f"{ttl:>3}  {loss:>4.0%}  {r['a_terms_ended']:>13.0f}  {r['b_elected']:>9.0f}"
-                f"  {r['a_writes_per_s']:>10.1f}",
-                flush=True,
-            )
+        for delay in args.delay:
+            for loss in args.loss:
+                r = await one(loss, delay, ttl, args.window)
+                print(
+                    f"{ttl:>3}  {delay * 1000:>3.0f}ms  {loss:>4.0%}  {r['a_terms_ended']:>13.0f}"
+                    f"  {r['b_elected']:>9.0f}  {r['a_writes_per_s']:>10.1f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
