@@ -38,7 +38,7 @@ from _support import Procs  # noqa: E402
 from aioelect.testing import PartitionCluster, netem_unavailable, netns_unavailable  # noqa: E402
 
 
-async def one(loss: float, delay: float, ttl: int, window: float) -> dict[str, float]:
+async def one(loss: float, delay: float, ttl: int, window: float) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp, PartitionCluster(3, clients=2) as cluster:
         procs = Procs(Path(tmp))
         try:
@@ -74,6 +74,7 @@ async def one(loss: float, delay: float, ttl: int, window: float) -> dict[str, f
                 "a_elected_again": len(won),
                 "b_elected": len(b_won),
                 "a_writes_per_s": len(writes) / window,
+                "reasons": ", ".join(sorted({str(e["reason"]) for e in ended})),
             }
         finally:
             procs.cleanup()
@@ -93,14 +94,14 @@ async def main() -> None:
         sys.exit(f"cannot run: {reason}")
     how = "netem" if netem_unavailable() is None else "userspace relays (no netem)"
     print(f"window {args.window:g} s per row; a's link loses packets both ways; delay: {how}")
-    print("ttl  delay  loss  a_terms_ended  b_elected  a_writes/s")
+    print("ttl  delay  loss  a_terms_ended  b_elected  a_writes/s  why a's terms ended")
     for ttl in args.ttl:
         for delay in args.delay:
             for loss in args.loss:
                 r = await one(loss, delay, ttl, args.window)
                 print(
                     f"{ttl:>3}  {delay * 1000:>3.0f}ms  {loss:>4.0%}  {r['a_terms_ended']:>13.0f}"
-                    f"  {r['b_elected']:>9.0f}  {r['a_writes_per_s']:>10.1f}",
+                    f"  {r['b_elected']:>9.0f}  {r['a_writes_per_s']:>10.1f}  {r['reasons']}",
                     flush=True,
                 )
 
