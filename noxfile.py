@@ -78,10 +78,12 @@ def _extras_with(*extras: str) -> str:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
+    """ruff check, ruff format --check, and the layer contract of the package's modules."""
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    # No import of a layer above, not even for type hints; no cycle (docs/architecture.md).
+    session.run("python", "scripts/import_graph.py", "--check")
 
 
 @nox.session

@@ -31,7 +31,7 @@ Cancellation at any point deletes the candidate key (shielded, bounded).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import anyio
 
@@ -42,18 +42,104 @@ from ._exceptions import EtcdError, NotLeader
 from ._keys import candidate_key, election_prefix, prefix_range_end
 from ._mirror import ElectionView
 from ._session import Session
-from ._term import Term
+from ._term import Term, attach
 
 if TYPE_CHECKING:
-    from ._elector import Elector
+    from ._core import Core
 
-__all__ = ("campaign",)
+__all__ = ("Step", "campaign", "next_step", "session_state")
 
 log = logging.getLogger("aioelect")
 
 
+# -- the decision: pure, no I/O (tests/test_campaign_step.py checks every row) ----------
+
+#: Our key is gone (deleted, overwritten, expired) or the session is lost or past its
+#: renew deadline: campaign again (with a new key, on the live session).
+GONE = "gone"
+#: A transfer hands leadership to a candidate queued behind us: delete our key (guarded
+#: by its token) and campaign again, at the back.
+STEP_BACK = "step back"
+#: No predecessor in the mirror, but its watch restarted (or it resynced) since our key
+#: was created: confirm with one linearizable read before winning (etcd #18089).
+CONFIRM = "confirm"
+#: Our key is alive with our token and has no predecessor, in one revision of the
+#: mirror (so never a key deleted with its predecessor, etcd #11051): we lead.
+WIN = "win"
+#: A predecessor is alive: wait for a change of its key (or of ours, or the transfer
+#: record), or the session's loss, then decide again.
+WAIT = "wait"
+#: ``wait=False`` and a predecessor is alive: raise NotLeader (the key is deleted).
+NOT_LEADER = "not leader"
+
+#: The states of the session, as :func:`next_step` sees them.
+LIVE, EXPIRED, LOST = "live", "expired", "lost"
+
+
+class Step(NamedTuple):
+    """What the campaign does next (see :func:`next_step`)."""
+
+    action: str
+    #: Our own key for WIN; the predecessor for WAIT and NOT_LEADER; else None.
+    kv: KV | None = None
+
+
+_GONE, _STEP_BACK, _CONFIRM = Step(GONE), Step(STEP_BACK), Step(CONFIRM)
+
+
+def session_state(session: Session) -> str:
+    """LOST (lost for good), EXPIRED (past its renew deadline, not yet noticed) or LIVE."""
+    if session.is_lost:
+        return LOST
+    return LIVE if session.is_live() else EXPIRED
+
+
+def next_step(
+    view: ElectionView,
+    key: bytes,
+    token: int,
+    epoch: int,
+    mirror_epoch: int,
+    session: str,
+    wait: bool,
+) -> Step:
+    """The campaign's next action, from the mirror's view of the election alone.
+
+    Args:
+        view: the mirrored election (candidates in election order, the transfer
+            record).
+        key: our candidate key; ``token`` its create revision.
+        epoch: the mirror's epoch from before our key was created (or from the
+            last confirming read); ``mirror_epoch`` the mirror's epoch now.
+        session: :func:`session_state` of the session our key is attached to.
+        wait: False for a try (``hold(wait=False)``): never WAIT.
+
+    The rows, in order: a lost session, or our key gone or re-created (another
+    create revision), is GONE. A transfer to a live candidate other than us
+    and created after us is STEP_BACK. With no predecessor: CONFIRM if the
+    mirror's epoch moved, else GONE if the session is past its renew deadline,
+    else WIN. With a predecessor: NOT_LEADER without ``wait``, else WAIT.
+    """
+    if session == LOST:
+        return _GONE
+    own = view.kvs.get(key)
+    if own is None or own.create_revision != token:
+        return _GONE
+    target = view.transfer_target()
+    if target is not None and target.key != key and token < target.create_revision:
+        return _STEP_BACK
+    pred = view.predecessor(token, key)
+    if pred is None:
+        if mirror_epoch != epoch:
+            return _CONFIRM
+        if session != LIVE:
+            return _GONE
+        return Step(WIN, own)
+    return Step(WAIT if wait else NOT_LEADER, pred)
+
+
 async def campaign(
-    elector: Elector, name: str, value: bytes, *, reclaim_stale: bool = False, wait: bool = True
+    core: Core, name: str, value: bytes, *, reclaim_stale: bool = False, wait: bool = True
 ) -> Term:
     """Campaign until elected; return the (attached) term.
 
@@ -69,36 +155,36 @@ async def campaign(
     A candidate whose requests would be over ``max_request_bytes`` raises
     ConfigError before any I/O.
     """
-    conn = elector._conn
+    conn = core.conn
     # Refused before any I/O: a request etcd must refuse would fail every retry.
-    check_candidate_size(elector.prefix, name, value, elector._config.max_request_bytes)
-    mirror = elector._mirror
+    check_candidate_size(core.prefix, name, value, core.config.max_request_bytes)
+    mirror = core.mirror
     view = mirror.view(name)
     backoff: Backoff | None = None  # made on the first error
     # The mirror's epoch from before the create of the key we hold now (kept while a
     # retry reuses that key): a watch restart since then makes the win confirm.
     held: tuple[int, int] | None = None  # (token, epoch)
     while True:
-        session = elector._live_session() or await elector._wait_session()
-        key = candidate_key(elector.prefix, name, session.lease_id)
+        session = core.live_session() or await core.wait_session()
+        key = candidate_key(core.prefix, name, session.lease_id)
         token: int | None = None
         pending = None  # the batched create, until it answers
         try:
             try:
                 if reclaim_stale:
-                    await _reclaim(elector, name, value, session.lease_id)
+                    await _reclaim(core, name, value, session.lease_id)
                 epoch = mirror.epoch
-                pending = elector._batcher.create(key, value, session.lease_id)
+                pending = core.batcher.create(key, value, session.lease_id)
                 token = await pending
                 pending = None
                 if token is None:
-                    token = await _create_alone(elector, key, value, session.lease_id)
+                    token = await _create_alone(core, key, value, session.lease_id)
                     if token is None:
                         continue
                 if held is not None and held[0] == token:
                     epoch = held[1]  # the same key as before: keep its older epoch
                 held = (token, epoch)
-                term = await _wait_turn(elector, session, view, key, token, epoch, wait)
+                term = await _wait_turn(core, session, view, key, token, epoch, wait)
                 if term is not None:
                     return term
                 log.debug("campaign for %r: key %r gone or session lost; again", name, key)
@@ -116,12 +202,12 @@ async def campaign(
             # Inside the outer try: cancelled during the back-off, the key (which may
             # exist, e.g. written before a failed read) is deleted too.
             if backoff is None:
-                backoff = Backoff(initial=0.05, cap=min(2.0, elector._config.ttl / 2))
+                backoff = Backoff(initial=0.05, cap=min(2.0, core.config.ttl / 2))
             await anyio.sleep(backoff.next())
         except BaseException:
             if token is None and pending is not None:  # stopped waiting for the create
-                token = await elector._batcher.landing(pending)
-            if elector._state != "open":
+                token = await core.batcher.landing(pending)
+            if core.closing:
                 # The elector is closing: its lease revoke deletes the key (a delete of
                 # our own could race the connection's close, which grpc reports as a
                 # bare CancelledError).
@@ -138,7 +224,7 @@ async def campaign(
             raise
 
 
-async def _create_alone(elector: Elector, key: bytes, value: bytes, lease_id: int) -> int | None:
+async def _create_alone(core: Core, key: bytes, value: bytes, lease_id: int) -> int | None:
     """Create ``key`` or reuse it if it exists (e.g. an earlier write that timed out but landed).
 
     Returns its create revision, or None if it vanished meanwhile (try again).
@@ -146,7 +232,7 @@ async def _create_alone(elector: Elector, key: bytes, value: bytes, lease_id: in
     the key's create revision, and its clean-up follows this write instead of
     overtaking it with an unguarded delete.
     """
-    conn = elector._conn
+    conn = core.conn
     token: int | None = None
     with anyio.CancelScope(shield=True):
         resp = await conn.txn(
@@ -162,9 +248,9 @@ async def _create_alone(elector: Elector, key: bytes, value: bytes, lease_id: in
     return token
 
 
-async def _reclaim(elector: Elector, name: str, value: bytes, lease_id: int) -> None:
-    conn = elector._conn
-    eprefix = election_prefix(elector.prefix, name)
+async def _reclaim(core: Core, name: str, value: bytes, lease_id: int) -> None:
+    conn = core.conn
+    eprefix = election_prefix(core.prefix, name)
     for kv in (await conn.range_all(eprefix, prefix_range_end(eprefix))).kvs:
         if kv.value == value and kv.lease != lease_id:
             log.info("reclaiming stale key %r of election %r", kv.key, name)
@@ -172,7 +258,7 @@ async def _reclaim(elector: Elector, name: str, value: bytes, lease_id: int) -> 
 
 
 async def _wait_turn(
-    elector: Elector,
+    core: Core,
     session: Session,
     view: ElectionView,
     key: bytes,
@@ -182,32 +268,31 @@ async def _wait_turn(
 ) -> Term | None:
     """Wait until ``key`` (created at ``token``) leads; None if it is gone or the session
     was lost. ``epoch``: the mirror's epoch from before the key was created."""
-    conn = elector._conn
-    mirror = elector._mirror
+    conn = core.conn
+    mirror = core.mirror
     # (A batched create answers once the mirror has seen it: no wait here.)
-    if mirror.seen_revision < token and not await _see_own_key(elector, session, view, key, token):
+    if mirror.seen_revision < token and not await _see_own_key(core, session, view, key, token):
         return None
     while True:
-        if session.is_lost:
+        step = next_step(view, key, token, epoch, mirror.epoch, session_state(session), wait)
+        action = step.action
+        if action == GONE:
+            own = view.kvs.get(key)
+            if own is None or own.create_revision != token:  # (else: the session)
+                log.debug("campaign for %r: own key gone", view.name)
             return None
-        own = view.kvs.get(key)
-        if own is None or own.create_revision != token:
-            log.debug("campaign for %r: own key gone", view.name)
-            return None
-        target = view.transfer_target()
-        if target is not None and target.key != key and token < target.create_revision:
+        if action == STEP_BACK:
             # Leadership is being handed to a candidate behind us: step to the back.
             await conn.txn([conn.cmp_create(key, token)], [conn.op_delete(key)])
             return None
-        pred = view.predecessor(token, key)
-        if pred is None and mirror.epoch != epoch:
+        if action == CONFIRM:
             # The watch restarted meanwhile: confirm with one linearizable read that
             # our key lives with our token and that no key was created before it.
             log.debug("campaign for %r: the watch restarted meanwhile: confirming", view.name)
             before = mirror.epoch
-            eprefix = election_prefix(elector.prefix, view.name)
+            eprefix = election_prefix(core.prefix, view.name)
             before_us = conn.op_created_before(eprefix, prefix_range_end(eprefix), token)
-            revision, (mine, ahead) = await elector._batcher.read([conn.op_get(key), before_us])
+            revision, (mine, ahead) = await core.batcher.read([conn.op_get(key), before_us])
             kvs = mine.response_range.kvs
             if not kvs or kvs[0].create_revision != token:
                 log.debug("campaign for %r: the confirming read shows our key gone", view.name)
@@ -219,20 +304,21 @@ async def _wait_turn(
                 if view.predecessor(token, key) is None:  # still not: pace the reads
                     await anyio.sleep(0.05)
             continue
-        if pred is None:
-            # The mirror shows our key alive (checked above) and no predecessor, in
-            # one revision: we lead (see step 3 of the module docstring).
-            if not session.is_live():
-                return None
-            term = Term(elector, session, view.name, key, own.value, token)
-            if not term._attach():
+        if action == WIN:
+            # The mirror shows our key alive and no predecessor, in one revision: we
+            # lead (see step 3 of the module docstring).
+            assert step.kv is not None
+            term = Term(core, session, view.name, key, step.kv.value, token)
+            if not attach(term):
                 return None
             record = view.transfer
-            if record is not None and record.value == key and elector._tg is not None:
+            if record is not None and record.value == key:
                 # The transfer reached us: drop its record (and its lease), in the background.
-                elector._tg.start_soon(_drop_record, elector, view.name, record.lease)
+                core.spawn(_drop_record, core, view.name, record.lease)
             return term
-        if not wait:
+        pred = step.kv
+        assert pred is not None
+        if action == NOT_LEADER:
             raise NotLeader(
                 f"election {view.name!r} is held or awaited by {pred.value!r} (token "
                 f"{pred.create_revision})"
@@ -251,7 +337,7 @@ async def _wait_turn(
 
 
 async def _see_own_key(
-    elector: Elector, session: Session, view: ElectionView, key: bytes, token: int
+    core: Core, session: Session, view: ElectionView, key: bytes, token: int
 ) -> bool:
     """Wait until the mirror has applied every event up to our key's creation.
 
@@ -260,7 +346,7 @@ async def _see_own_key(
     compaction resync (a range read) also counts. Returns False when our key
     is gone by then (deleted, or its lease expired), or the session is lost.
     """
-    future = elector._mirror.seen_future(token)
+    future = core.mirror.seen_future(token)
     if future is not None:
 
         def lost(_reason: str) -> None:
@@ -278,9 +364,9 @@ async def _see_own_key(
     return own is not None and own.create_revision == token
 
 
-async def _drop_record(elector: Elector, name: str, lease_id: int) -> None:
+async def _drop_record(core: Core, name: str, lease_id: int) -> None:
     try:
-        await elector._conn.revoke(lease_id)
+        await core.conn.revoke(lease_id)
     except EtcdError as exc:
         log.debug("could not drop the transfer record of %r: %s", name, exc)
 

@@ -19,9 +19,10 @@ from ._few import Few, add, each, remove
 from ._healthgate import HealthGate
 from ._keys import preference_key
 from ._preference import PreferenceOptions, check_priority, decode_record, encode_record
+from ._term import add_on_end
 
 if TYPE_CHECKING:
-    from ._elector import Elector
+    from ._core import Core
     from ._mirror import ElectionView
     from ._preference import PreferenceCounters
     from ._term import Term
@@ -46,8 +47,8 @@ class Candidacy:
     or a health check is needed), :meth:`aclose` ends it and deletes the record.
     """
 
-    def __init__(self, elector: Elector, name: str, options: PreferenceOptions) -> None:
-        self._elector = elector
+    def __init__(self, core: Core, name: str, options: PreferenceOptions) -> None:
+        self.core = core
         self.name = name
         self.options = options
         self._priority = options.priority
@@ -95,7 +96,7 @@ class Candidacy:
         return unsubscribe
 
     def _health_changed(self, healthy: bool, reason: str) -> None:
-        counters: PreferenceCounters = self._elector._preference
+        counters: PreferenceCounters = self.core.preference
         if healthy:
             counters.unhealthy.discard(self)
         else:
@@ -118,17 +119,17 @@ class Candidacy:
         self._launch()
 
     def _launch(self) -> None:
-        tg = self._elector._tg
-        if self._done is not None or tg is None or not (self.publishes or self.gate is not None):
+        if self._done is not None or not (self.publishes or self.gate is not None):
             return
-        self._done = anyio.Event()
-        tg.start_soon(self._run, self._done)
+        done = anyio.Event()
+        if self.core.spawn(self._run, done):  # not once the elector closed
+            self._done = done
 
     async def aclose(self) -> None:
         """Stop the background task and delete the record (bounded; shield it when cancelled)."""
         self._live = False
         self._unwatch()
-        self._elector._preference.unhealthy.discard(self)
+        self.core.preference.unhealthy.discard(self)
         done = self._done
         if done is None:
             return
@@ -136,7 +137,7 @@ class Candidacy:
             self._scope = anyio.CancelScope()
         self._scope.cancel()
         # Bounded: a task cancelled before it ever ran (the elector closing) sets nothing.
-        with anyio.move_on_after(self._elector._conn.timeout + 1):
+        with anyio.move_on_after(self.core.conn.timeout + 1):
             await done.wait()
         self._done = self._scope = None
 
@@ -156,18 +157,18 @@ class Candidacy:
                 done.set()
 
     async def _publish(self) -> None:
-        elector = self._elector
-        conn = elector._conn
+        core = self.core
+        conn = core.conn
         written: tuple[int, bytes] | None = None
         backoff = Backoff(initial=0.05, cap=1.0)
         while True:
             dirty = self._dirty = anyio.Event()
-            changed = elector._session_changed
-            session = elector._live_session()
+            changed = core.session_changed
+            session = core.live_session()
             if session is not None and self.publishes:
                 want = (session.lease_id, encode_record(self.priority, self.healthy))
                 if want != written:
-                    key = preference_key(elector.prefix, self.name, session.lease_id)
+                    key = preference_key(core.prefix, self.name, session.lease_id)
                     try:
                         await conn.txn([], [conn.op_put(key, want[1], session.lease_id)])
                     except EtcdError as exc:
@@ -179,12 +180,12 @@ class Candidacy:
             await _first_of(dirty, changed)
 
     async def _unpublish(self) -> None:
-        elector = self._elector
-        session = elector._live_session()
-        if session is None or not self.publishes or elector._state != "open":
+        core = self.core
+        session = core.live_session()
+        if session is None or not self.publishes or core.closing:
             return
-        conn = elector._conn
-        key = preference_key(elector.prefix, self.name, session.lease_id)
+        conn = core.conn
+        key = preference_key(core.prefix, self.name, session.lease_id)
         with anyio.CancelScope(shield=True), anyio.move_on_after(conn.timeout):
             try:
                 await conn.txn([], [conn.op_delete(key)])
@@ -199,9 +200,9 @@ class Candidacy:
             return
         if self._watch is not None:
             self._watch.close()
-        view = self._elector._mirror.view(self.name)
+        view = self.core.mirror.view(self.name)
         self._watch = _Watch(self, view, term, on_preempt)
-        term._add_on_end(lambda _t, _r: self._unwatch())
+        add_on_end(term, lambda _t, _r: self._unwatch())
         self._watch.evaluate()
 
     def _unwatch(self) -> None:
@@ -271,7 +272,7 @@ class _Watch:
         if best is not None:
             self.close()
             if self._on_preempt(*best):
-                self._candidacy._elector._preference.preemptions += 1
+                self._candidacy.core.preference.preemptions += 1
         elif due_next is not None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_at(loop.time() + (due_next - now), self.evaluate)

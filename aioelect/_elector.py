@@ -10,64 +10,45 @@ every key of this elector at once) and leaves no task behind.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import secrets
-import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
-import anyio
-from anyio.abc import TaskGroup
 from typing_extensions import Self
 
-from ._backoff import Backoff
-from ._batch import Batcher
 from ._callbacks import ERROR_BACKOFF, OnElected, OnLeaderChange, OnSteppedDown
 from ._config import (
     DEFAULT_MAX_REQUEST_BYTES,
     Duration,
     ElectorConfig,
-    check_name,
     check_prefix,
 )
-from ._connection import KV, Connection, TLSConfig
+from ._connection import Connection, TLSConfig
+from ._core import Core, CoreOwner
 from ._embedded import EmbeddedEtcd
-from ._exceptions import (
-    AioelectError,
-    ConfigError,
-    ElectorClosed,
-    EtcdError,
-    EtcdUnavailable,
-)
+from ._exceptions import ConfigError
 from ._healthgate import HealthCheck
 from ._hold import HoldBlock, ObserveBlock
-from ._keys import election_prefix, prefix_range_end, transfer_key
 from ._leadership import Leadership
-from ._mirror import Mirror, leader_info
 from ._models import CandidateInfo, ElectorStatistics, LeaderInfo
-from ._observe import Observer
 from ._preference import (
     DEFAULT_MIN_TERM,
     DEFAULT_SETTLE,
-    PreferenceCounters,
     preference_options,
-    preference_records,
 )
-from ._session import Session
 from ._shardinfo import OnShard
 from ._shards import ShardGroup
-from ._term import RESIGNED, Term
+from ._term import Term
 
 __all__ = ("Elector",)
 
 log = logging.getLogger("aioelect")
 
 
-class Elector:
+class Elector(CoreOwner):
     """Leader elections under one key prefix, sharing one etcd session.
 
     Args:
@@ -129,14 +110,13 @@ class Elector:
             max_request_bytes=max_request_bytes,
         )
         self.prefix = check_prefix(prefix, self._config.max_request_bytes)
-        self._embedded: EmbeddedEtcd | None = None
         timeout = self._config.request_timeout
         if client is not None:
             if endpoints is not None or tls is not None or username is not None:
                 raise ConfigError(
                     "client", "give either client or endpoints/tls/username, not both"
                 )
-            self._conn = Connection.wrap(
+            conn = Connection.wrap(
                 client, timeout=timeout, max_request_bytes=self._config.max_request_bytes
             )
         else:
@@ -148,7 +128,7 @@ class Elector:
                     "no etcd given: pass endpoints= or client=, set AIOELECT_ENDPOINTS, "
                     "or use Elector.embedded()",
                 )
-            self._conn = Connection.create(
+            conn = Connection.create(
                 endpoints,
                 tls=tls,
                 username=username,
@@ -156,32 +136,7 @@ class Elector:
                 timeout=timeout,
                 max_request_bytes=self._config.max_request_bytes,
             )
-        self._root = (self.prefix + "/").encode()
-        self._mirror = Mirror(self._conn, self._root)
-        self._batcher = Batcher(self._conn, barrier_key=self._root, mirror=self._mirror)
-        self._state = "new"
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._tg: TaskGroup | None = None
-        self._runner: asyncio.Task[None] | None = None
-        self._failure: BaseException | None = None
-        self._session: Session | None = None
-        #: The id of the session lease being granted (chosen here: a grant whose
-        #: answer was lost is retried, or revoked, by this id instead of leaking).
-        self._granting: int | None = None
-        self._session_changed = anyio.Event()
-        self._preference = PreferenceCounters()
-        self._busy: set[str] = set()
-        self._terms: set[Term] = set()
-        self._observers: set[Observer] = set()
-        self._campaigns = 0
-        self._terms_won = 0
-        self._terms_lost = 0
-        self._sessions_granted = 0
-        self._sessions_lost = 0
-        self._keepalives = 0
-        self._keepalive_failures = 0
-        self._latency_sum = 0.0
-        self._callback_errors: dict[tuple[str, str], int] = {}  # (election, callback) -> n
+        self._core = Core(conn, self._config, self.prefix)
 
     @classmethod
     def embedded(
@@ -207,7 +162,7 @@ class Elector:
             election_timeout=election_timeout,
         )
         self = cls(endpoints="127.0.0.1:1", **kwargs)  # replaced on entry
-        self._embedded = etcd
+        self._core.embedded = etcd
         return self
 
     # -- lifecycle -------------------------------------------------------------------
@@ -215,7 +170,7 @@ class Elector:
     @property
     def client(self) -> Any:
         """The ``aetcd.Client`` the elector talks to etcd with."""
-        return self._conn.client
+        return self._core.conn.client
 
     @property
     def ttl(self) -> float:
@@ -228,90 +183,8 @@ class Elector:
         return self._config
 
     async def __aenter__(self) -> Self:
-        if self._state == "closed":
-            raise ElectorClosed("this Elector was closed; create a new one")
-        if self._state != "new":
-            raise AioelectError("this Elector is already entered; enter an Elector only once")
-        self._state = "opening"
-        self._loop = asyncio.get_running_loop()
-        try:
-            if self._embedded is not None:
-                await self._embedded.__aenter__()
-                self._conn = Connection.create(
-                    self._embedded.endpoint,
-                    timeout=self._config.request_timeout,
-                    max_request_bytes=self._config.max_request_bytes,
-                )
-                self._mirror = Mirror(self._conn, self._root)
-                self._batcher = Batcher(self._conn, barrier_key=self._root, mirror=self._mirror)
-            await self._open()
-        except BaseException:
-            await self._teardown()
-            self._state = "closed"
-            raise
-        self._state = "open"
+        await self._core.open()
         return self
-
-    async def _open(self) -> None:
-        """Connect, grant the session lease, load the mirror; retry what a retry can fix.
-
-        Every attempt grants the SAME lease id (one lease however many attempts),
-        and a failed or cancelled entry revokes it (``_teardown``): no lease is
-        left behind. Permanent errors (auth, permission, too large) are raised
-        at once.
-        """
-        cfg = self._config
-        deadline = time.monotonic() + cfg.connect_timeout
-        backoff = Backoff(initial=0.05, cap=1.0)
-        last: EtcdError | None = None
-        with anyio.move_on_after(cfg.connect_timeout):
-            while True:
-                try:
-                    await self._conn.connect()
-                    if self._session is None:
-                        await self._grant()
-                    await self._mirror.load()
-                    break
-                except EtcdError as exc:
-                    if not exc.retryable:
-                        raise
-                    last = exc
-                    log.debug("connecting to etcd: %s", exc)
-                    await anyio.sleep(min(backoff.next(), max(0.0, deadline - time.monotonic())))
-        if self._session is None or self._mirror.revision == 0:
-            if isinstance(last, EtcdUnavailable):
-                cause = last.cause
-            else:
-                cause = str(last) if last is not None else "timed out"
-            raise EtcdUnavailable(
-                self._conn.endpoint_names, f"not ready within {cfg.connect_timeout:g} s: {cause}"
-            ) from last
-        started = anyio.Event()
-        assert self._loop is not None
-        self._runner = self._loop.create_task(self._run(started), name=f"aioelect {self.prefix}")
-        self._runner.add_done_callback(self._runner_done)
-        await started.wait()
-
-    async def _run(self, started: anyio.Event) -> None:
-        """The elector's own task: it owns the TaskGroup of the background work.
-
-        A task of its own (not the caller's), so that entering and exiting the
-        elector may happen in different tasks (pytest fixtures, app hooks).
-        """
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            tg.start_soon(self._run_sessions)
-            tg.start_soon(self._mirror.run)
-            started.set()
-
-    def _runner_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        self._failure = task.exception()
-        log.error("aioelect background task failed; every term ends", exc_info=self._failure)
-        if self._session is not None:
-            self._session.mark_lost("elector failed")
-        self._session_changed.set()
 
     async def __aexit__(
         self,
@@ -319,158 +192,9 @@ class Elector:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._state != "open":
-            return
-        self._state = "closing"
-        try:
-            await self._teardown()
-        finally:
-            self._state = "closed"
-
-    async def _teardown(self) -> None:
-        """End terms, revoke the lease, stop the tasks, close what we opened (all shielded)."""
-        session = self._session
-        # A lease being granted (its answer lost, or the grant cancelled) may exist too.
-        lease_ids = [session.lease_id] if session is not None else []
-        if self._granting is not None:
-            lease_ids.append(self._granting)
-        with anyio.CancelScope(shield=True):
-            if session is not None:
-                session.mark_lost("elector closed")
-            for observer in list(self._observers):
-                observer.close()
-            self._session_changed.set()
-            for lease_id in lease_ids:
-                with anyio.move_on_after(self._config.request_timeout):
-                    try:
-                        await self._conn.revoke(lease_id)
-                    except EtcdError as exc:
-                        log.warning("could not revoke lease %x on exit: %s", lease_id, exc)
-        with anyio.CancelScope(shield=True):
-            if self._tg is not None:
-                self._tg.cancel_scope.cancel()
-            if self._runner is not None:
-                await asyncio.wait([self._runner])
-            self._tg = None
-            self._batcher.close()
-            try:
-                await self._conn.close()
-            finally:
-                if self._embedded is not None:
-                    await self._embedded.__aexit__(None, None, None)
-        if self._failure is not None:
-            raise AioelectError("the elector's background task failed") from self._failure
-
-    def _check_usable(self) -> None:
-        if self._state != "open":
-            raise ElectorClosed(
-                "the Elector is not open: use it inside 'async with Elector(...) as elector'"
-            )
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise AioelectError("aioelect runs on asyncio only") from None
-        if loop is not self._loop:
-            raise AioelectError("this Elector belongs to another event loop")
-        if self._failure is not None:
-            raise AioelectError("the elector's background task failed") from self._failure
-
-    # -- sessions --------------------------------------------------------------------
-
-    async def _grant(self) -> Session:
-        """Grant a session lease: of the id in ``_granting`` (chosen if None), so that
-        a retry after a lost answer grants no second lease."""
-        if self._granting is None:
-            self._granting = secrets.randbelow(2**63 - 1) + 1  # etcd's ids are int64 > 0
-        sent = time.monotonic()
-        # Shielded (bounded by its own deadline): a grant cut short could still land in
-        # etcd after the revoke that follows a failed entry; one that ran to its end (or
-        # its deadline) is ahead of that revoke on the wire by a whole request timeout.
-        granted: tuple[int, int] | None = None
-        with anyio.CancelScope(shield=True):
-            granted = await self._conn.grant(int(self._config.ttl), self._granting)
-        assert granted is not None  # a shielded scope does not swallow exceptions
-        lease_id, ttl = granted
-        self._granting = None
-        session = Session(self._conn, self._config, lease_id, ttl, sent)
-        session.on_lost(lambda reason: self._end_terms(session, reason))
-        self._session = session
-        self._sessions_granted += 1
-        changed, self._session_changed = self._session_changed, anyio.Event()
-        changed.set()
-        log.debug("session lease %x granted (ttl %d s)", lease_id, ttl)
-        return session
-
-    async def _run_sessions(self) -> None:
-        assert self._tg is not None
-        while True:
-            session = self._session
-            assert session is not None
-            try:
-                await session.run()
-            finally:
-                self._keepalives += session.keepalives
-                self._keepalive_failures += session.failures
-                self._latency_sum += session.latency_sum
-            self._sessions_lost += 1
-            log.warning("session lease %x lost: %s", session.lease_id, session.lost_reason)
-            self._tg.start_soon(self._revoke_quietly, session.lease_id)
-            backoff = Backoff(initial=0.05, cap=min(2.0, self._config.ttl / 2))
-            while True:
-                try:
-                    await self._grant()
-                    break
-                except EtcdError as exc:
-                    log.debug("granting a new session failed: %s", exc)
-                    await anyio.sleep(backoff.next())
-
-    async def _revoke_quietly(self, lease_id: int) -> None:
-        """Revoke a lost session's lease, retrying until etcd answers.
-
-        A restarted etcd restores leases with a fresh TTL, so a lease lost
-        during an outage would otherwise hold its keys for another TTL.
-        """
-        backoff = Backoff(initial=0.05, cap=1.0)
-        while True:
-            try:
-                await self._conn.revoke(lease_id)
-                return
-            except EtcdError as exc:
-                log.debug("revoking lost lease %x: %s", lease_id, exc)
-                await anyio.sleep(backoff.next())
-
-    def _live_session(self) -> Session | None:
-        """The live session, or None while it is being re-granted."""
-        self._check_usable()
-        session = self._session
-        return session if session is not None and session.is_live() else None
-
-    async def _wait_session(self) -> Session:
-        """The live session, waiting for a new one while it is being re-granted."""
-        while True:
-            session = self._live_session()
-            if session is not None:
-                return session
-            await self._session_changed.wait()
+        await self._core.close()
 
     # -- elections -------------------------------------------------------------------
-
-    def _term_started(self, term: Term) -> None:
-        self._terms.add(term)
-        self._terms_won += 1
-        log.info("won election %r (token %d, lease %x)", term.name, term.token, term.lease_id)
-
-    def _end_terms(self, session: Session, reason: str) -> None:
-        for term in [t for t in self._terms if t._session is session]:
-            term.session_lost(reason)
-
-    def _term_ended(self, term: Term, reason: str) -> None:
-        self._terms.discard(term)
-        if reason == RESIGNED:
-            log.info("resigned election %r (token %d)", term.name, term.token)
-        else:
-            self._terms_lost += 1
-            log.info("lost election %r (token %d): %s", term.name, term.token, reason)
 
     def hold(
         self,
@@ -545,7 +269,7 @@ class Elector:
             unhealthy_after=unhealthy_after,
             healthy_after=healthy_after,
         )
-        return HoldBlock(self, name, value, wait, pref)
+        return HoldBlock(self._core, name, value, wait, pref)
 
     def leadership(
         self,
@@ -628,9 +352,9 @@ class Elector:
         Raises:
             ConfigError: bad name, value, callback or option (before any I/O).
         """
-        self._check_usable()
+        self._core.check_usable()
         return Leadership(
-            self,
+            self._core,
             name,
             value,
             node_name=node_name,
@@ -699,9 +423,9 @@ class Elector:
         Raises:
             ConfigError: a bad argument (before any I/O).
         """
-        self._check_usable()
+        self._core.check_usable()
         return ShardGroup(
-            self,
+            self._core,
             group,
             size=size,
             value=value,
@@ -717,25 +441,7 @@ class Elector:
 
         A linearizable read; cancelling it leaves nothing behind.
         """
-        self._check_usable()
-        name = check_name(name)
-        conn = self._conn
-        eprefix = election_prefix(self.prefix, name)
-        record_key = transfer_key(self.prefix, name)
-        _, responses = await self._batcher.read(
-            [conn.op_first(eprefix, prefix_range_end(eprefix)), conn.op_get(record_key)]
-        )
-        firsts = responses[0].response_range.kvs
-        if not firsts:
-            return None
-        first = KV.from_pb(firsts[0])
-        records = responses[1].response_range.kvs
-        if records and records[0].value != first.key:
-            # A transfer is under way: nobody leads until its target (if alive) is first.
-            target = await conn.range(records[0].value)
-            if target.kvs:
-                return None
-        return leader_info(name, first)
+        return await self._core.leader(name)
 
     async def candidates(self, name: str) -> list[CandidateInfo]:
         """Return the live candidates of election ``name`` in election order, leader first.
@@ -743,25 +449,7 @@ class Elector:
         One consistent snapshot, read in pages (any number of candidates and values
         up to etcd's limit); cancelling it leaves nothing behind.
         """
-        self._check_usable()
-        name = check_name(name)
-        eprefix = election_prefix(self.prefix, name)
-        # Paginated, in key order (one snapshot); election order is by create revision,
-        # then key (keys written by one transaction share it), as the mirror orders them.
-        result = await self._conn.range_all(eprefix, prefix_range_end(eprefix))
-        kvs = sorted(result.kvs, key=lambda kv: (kv.create_revision, kv.key))
-        records = await preference_records(self._conn, self.prefix, name)
-        return [
-            CandidateInfo(
-                name,
-                kv.key,
-                kv.value,
-                kv.create_revision,
-                kv.lease,
-                *records.get(kv.lease, (0, None)),
-            )
-            for kv in kvs
-        ]
+        return await self._core.candidates(name)
 
     def observe(self, name: str) -> AbstractAsyncContextManager[AsyncIterator[LeaderInfo | None]]:
         """Follow the leader of election ``name``.
@@ -778,48 +466,20 @@ class Elector:
         it ends when the elector closes. Changes queue up while you do not
         iterate.
         """
-        return ObserveBlock(self, name)
-
-    def _callback_failed(self, name: str, callback: str) -> None:
-        key = (name, callback)
-        self._callback_errors[key] = self._callback_errors.get(key, 0) + 1
+        return ObserveBlock(self._core, name)
 
     def _callback_error_counts(self) -> dict[tuple[str, str], int]:
         """Callback errors by (election, callback) (a copy: scrapes may run in a thread)."""
-        return dict(self._callback_errors)
+        return self._core.callback_error_counts()
 
     def terms(self) -> list[Term]:
         """The terms this elector holds now (valid or about to be noticed as ended)."""
-        return [t for t in self._terms if t._ended is None]
+        return cast("list[Term]", self._core.terms())
 
     def statistics(self) -> ElectorStatistics:
         """Return a snapshot of the elector's counters."""
-        session = self._session
-        live = session is not None and not session.is_lost
-        return ElectorStatistics(
-            campaigns=self._campaigns,
-            terms_held=len(self._terms),
-            terms_won=self._terms_won,
-            terms_lost=self._terms_lost,
-            leader_changes=self._mirror.leader_changes,
-            sessions_granted=self._sessions_granted,
-            sessions_lost=self._sessions_lost,
-            keepalives=self._keepalives + (session.keepalives if live and session else 0),
-            keepalive_failures=self._keepalive_failures
-            + (session.failures if live and session else 0),
-            keepalive_latency=session.latency if session is not None else None,
-            keepalive_latency_sum=self._latency_sum
-            + (session.latency_sum if live and session else 0.0),
-            lease_expires_in=max(0.0, session.hard_deadline - time.monotonic())
-            if live and session is not None
-            else None,
-            lease_id=session.lease_id if live and session is not None else None,
-            callback_errors=sum(self._callback_error_counts().values()),
-            preemptions=self._preference.preemptions,
-            unhealthy_transitions=self._preference.unhealthy_transitions,
-            unhealthy_candidates=len(self._preference.unhealthy),
-        )
+        return self._core.statistics()
 
     def __repr__(self) -> str:
-        eps = ",".join(self._conn.endpoint_names)
-        return f"<Elector prefix={self.prefix!r} endpoints={eps!r} {self._state}>"
+        eps = ",".join(self._core.conn.endpoint_names)
+        return f"<Elector prefix={self.prefix!r} endpoints={eps!r} {self._core.state}>"

@@ -22,10 +22,18 @@ from ._exceptions import AioelectError, ConfigError, LeadershipLost
 from ._mirror import leader_info
 from ._observe import Observer
 from ._preference import PreferenceOptions, preempted_reason
-from ._term import RESIGNED, Term, cancellation_was_ours
+from ._term import (
+    RESIGNED,
+    Term,
+    add_on_end,
+    cancellation_was_ours,
+    drop_scope,
+    open_scope,
+    transfer_to,
+)
 
 if TYPE_CHECKING:
-    from ._elector import Elector
+    from ._core import Core, Reservation
 
 __all__ = ("HoldBlock", "ObserveBlock")
 
@@ -37,10 +45,11 @@ class HoldBlock:
 
     __slots__ = (
         "_candidacy",
+        "_core",
         "_cut",
-        "_elector",
         "_name",
         "_pref",
+        "_reservation",
         "_scope",
         "_term",
         "_value",
@@ -49,13 +58,14 @@ class HoldBlock:
 
     def __init__(
         self,
-        elector: Elector,
+        core: Core,
         name: str,
         value: str | bytes,
         wait: bool,
         pref: PreferenceOptions | None = None,
     ) -> None:
-        self._elector = elector
+        self._core = core
+        self._reservation: Reservation | None = None
         self._name = name
         self._value = value
         self._wait = wait
@@ -68,42 +78,36 @@ class HoldBlock:
         self._scope: anyio.CancelScope | None = None
 
     async def __aenter__(self) -> Term:
-        elector = self._elector
+        core = self._core
         if self._term is not None:
             raise ConfigError("hold", "this hold() block is already in use; call hold() again")
-        elector._check_usable()
+        core.check_usable()
         name = self._name = check_name(self._name)
-        data = to_bytes(self._value, limit=value_limit(elector._config.max_request_bytes))
-        check_candidate_size(elector.prefix, name, data, elector._config.max_request_bytes)
+        limit = core.config.max_request_bytes
+        data = to_bytes(self._value, limit=value_limit(limit))
+        check_candidate_size(core.prefix, name, data, limit)
         if not isinstance(self._wait, bool):
             raise ConfigError("wait", f"must be True or False, not {self._wait!r}")
-        if name in elector._busy:
-            raise ConfigError(
-                "name", f"this Elector already campaigns in or leads election {name!r}"
-            )
-        elector._busy.add(name)
+        reservation = core.reserve(name)
         candidacy = None
         try:
-            elector._campaigns += 1
-            try:
+            with reservation.campaigning():
                 if self._pref is None or not self._pref.active:
-                    term = await campaign(elector, name, data, wait=self._wait)
+                    term = await campaign(core, name, data, wait=self._wait)
                 else:
-                    candidacy = Candidacy(elector, name, self._pref)
+                    candidacy = Candidacy(core, name, self._pref)
                     candidacy.start()
                     term = await _gated_campaign(candidacy, data, self._wait)
-            finally:
-                elector._campaigns -= 1
         except BaseException:
             try:
                 if candidacy is not None:
                     with anyio.CancelScope(shield=True):
                         await candidacy.aclose()
             finally:
-                elector._busy.discard(name)
+                reservation.release()
             raise
-        self._term = term
-        scope = self._scope = term._scope()
+        self._term, self._reservation = term, reservation
+        scope = self._scope = open_scope(term)
         scope.__enter__()
         if candidacy is not None:
             self._watch(candidacy, term, scope)
@@ -130,7 +134,7 @@ class HoldBlock:
         self._candidacy = candidacy
         candidacy.watch(term, preempt)
         unsubscribe = candidacy.on_health(health)
-        term._add_on_end(lambda _t, _r: unsubscribe())
+        add_on_end(term, lambda _t, _r: unsubscribe())
         if candidacy.healthy is False:
             health(False, "health check failing")
 
@@ -165,7 +169,7 @@ class HoldBlock:
             # Whatever the scope raised (e.g. exited from another task), give the
             # election up and free the name.
             try:
-                term._drop_scope(scope)
+                drop_scope(term, scope)
                 reason = term.end_reason
                 with anyio.CancelScope(shield=True):
                     try:
@@ -174,7 +178,8 @@ class HoldBlock:
                         if self._candidacy is not None:
                             await self._candidacy.aclose()
             finally:
-                self._elector._busy.discard(self._name)
+                if self._reservation is not None:
+                    self._reservation.release()
         if cut is not None and reason is None and (exc is None or swallowed):
             raise LeadershipLost(self._name, cut[0]) from None
         if (exc is None or swallowed) and reason is not None and reason != RESIGNED:
@@ -189,7 +194,7 @@ async def _leave(term: Term, cut: tuple[str, KV | None] | None) -> None:
     target = None if cut is None else cut[1]
     if target is not None and term.is_valid:
         try:
-            await term._transfer_to(target)
+            await transfer_to(term, target)
             return
         except AioelectError as exc:
             log.warning("transfer of %r failed (%s): resigning instead", term.name, exc)
@@ -208,7 +213,7 @@ async def _gated_campaign(candidacy: Candidacy, value: bytes, wait: bool) -> Ter
 
             unsubscribe = candidacy.on_health(withdraw)
             try:
-                return await campaign(candidacy._elector, candidacy.name, value, wait=wait)
+                return await campaign(candidacy.core, candidacy.name, value, wait=wait)
             finally:
                 unsubscribe()
         log.info("election %r: withdrawn while unhealthy", candidacy.name)
@@ -220,32 +225,32 @@ class ObserveBlock(Observer):
     The block is its own iterator (one object per observer instead of two).
     """
 
-    __slots__ = ("_elector", "_in_use", "_name")
+    __slots__ = ("_core", "_in_use", "_name")
 
-    def __init__(self, elector: Elector, name: str) -> None:
+    def __init__(self, core: Core, name: str) -> None:
         super().__init__()
         self._closed = True  # iterated before the block is entered: nothing to give
-        self._elector = elector
+        self._core = core
         self._name = name
         self._in_use = False
 
     async def __aenter__(self) -> Observer:
-        elector = self._elector
+        core = self._core
         if self._in_use:
             raise ConfigError("observe", "this observe() block is in use; call observe() again")
-        elector._check_usable()
+        core.check_usable()
         name = self._name = check_name(self._name)
         self._in_use = True
         try:
-            await elector._batcher.barrier()  # the mirror is as current as a linearizable read
-            elector._check_usable()  # closed meanwhile: do not register after the teardown
+            await core.batcher.barrier()  # the mirror is as current as a linearizable read
+            core.check_usable()  # closed meanwhile: do not register after the teardown
         except BaseException:
             self._in_use = False
             raise
         self._reset()
-        view = elector._mirror.view(name)
+        view = core.mirror.view(name)
         view.listen_leader(self)
-        elector._observers.add(self)
+        core.add_observer(self)
         self.leader_changed(leader_info(name, view.leader()))
         return self
 
@@ -255,10 +260,10 @@ class ObserveBlock(Observer):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        elector = self._elector
-        view = elector._mirror.views.get(self._name)
+        core = self._core
+        view = core.mirror.views.get(self._name)
         if view is not None:
             view.unlisten_leader(self)
-        elector._observers.discard(self)
+        core.discard_observer(self)
         self.close()
         self._in_use = False

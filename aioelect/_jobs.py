@@ -28,19 +28,27 @@ import time
 import typing
 import weakref
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import anyio
 
-from ._elector import Elector
+from ._core import find_core
 from ._exceptions import ConfigError, LeadershipLost
-from ._term import Term, scope_cancellation_in_disguise
+from ._term import Term, add_on_end, scope_cancellation_in_disguise
 
 __all__ = ("LeaderOnly", "LeaderOnlyStatistics", "leader_only", "stop_jobs")
 
 log = logging.getLogger("aioelect")
 
 R = TypeVar("R")
+
+
+class _ElectorLike(Protocol):
+    """An :class:`Elector` (the facade, a layer above this module)."""
+
+    prefix: str
+
+    def terms(self) -> list[Term]: ...
 
 
 class _HasTerm(Protocol):
@@ -97,7 +105,7 @@ def _running_in(term: Term) -> _Running:
     running = _running.get(term)
     if running is None:
         running = _running[term] = _Running()
-        term._add_on_end(lambda t, _reason: _running[t].cancel() if t in _running else None)
+        add_on_end(term, lambda t, _reason: _running[t].cancel() if t in _running else None)
     return running
 
 
@@ -166,13 +174,14 @@ class LeaderOnly:
 
     def __init__(
         self,
-        source: Elector | _HasTerm,
+        source: _ElectorLike | _HasTerm,
         name: str | None = None,
         *,
         pass_term: bool | str | None = None,
         due: Callable[[], float] | None = None,
     ) -> None:
-        if isinstance(source, Elector):
+        is_elector = find_core(source) is not None
+        if is_elector:
             if not isinstance(name, str) or not name:
                 raise ConfigError("name", "give the election's name with an Elector")
         elif not hasattr(source, "term"):
@@ -181,14 +190,14 @@ class LeaderOnly:
                 "must be an Elector (with a name), a Leadership or a LeadershipRunner, "
                 f"not {type(source).__name__}",
             )
-        elif name is not None and name != source.name:
+        elif name is not None and name != cast("_HasTerm", source).name:
             raise ConfigError("name", f"{name!r} is not the election of {source!r}")
         if pass_term is not None and not isinstance(pass_term, (bool, str)):
             raise ConfigError("pass_term", "must be None, True, False or a parameter name")
         if due is not None and not callable(due):
             raise ConfigError("due", "must be a function returning a time.time() value, or None")
         self._source = source
-        self._name = name if isinstance(source, Elector) else None
+        self._name = name if is_elector else None
         self._pass_term = pass_term
         self._due = due
         self._runs = self._skipped = self._lost = self._now = 0
@@ -198,16 +207,16 @@ class LeaderOnly:
         """The election this guard follows."""
         if self._name is not None:
             return self._name
-        assert not isinstance(self._source, Elector)
-        return self._source.name
+        return cast("_HasTerm", self._source).name
 
     def current_term(self) -> Term | None:
         """The term a call would run in now, or None (not leading, or no longer valid)."""
         source = self._source
-        if isinstance(source, Elector):
-            term = next((t for t in source.terms() if t.name == self._name), None)
+        if self._name is not None:
+            elector = cast("_ElectorLike", source)
+            term = next((t for t in elector.terms() if t.name == self._name), None)
         else:
-            term = source.term
+            term = cast("_HasTerm", source).term
         return term if term is not None and term.is_valid else None
 
     def statistics(self) -> LeaderOnlyStatistics:
@@ -283,7 +292,7 @@ class LeaderOnly:
 
 
 def leader_only(
-    source: Elector | _HasTerm,
+    source: _ElectorLike | _HasTerm,
     name: str | None = None,
     *,
     pass_term: bool | str | None = None,

@@ -55,15 +55,26 @@ from ._config import (
 )
 from ._connection import KV
 from ._exceptions import AioelectError, ConfigError, NotLeader
+from ._hold import ObserveBlock
 from ._lease import LeaderLease
 from ._preference import PreferenceOptions, preempted_reason, preference_options
-from ._term import Term, cancellation_was_ours, scope_cancellation_in_disguise
+from ._term import (
+    Term,
+    add_on_end,
+    cancellation_was_ours,
+    drop_scope,
+    ended,
+    open_scope,
+    scope_cancellation_in_disguise,
+    session_of,
+    transfer_to,
+)
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
-    from ._elector import Elector
+    from ._core import Core, Reservation
 
 __all__ = ("Leadership",)
 
@@ -80,7 +91,7 @@ class Leadership:
 
     def __init__(
         self,
-        elector: Elector,
+        core: Core,
         name: str,
         value: str | bytes,
         *,
@@ -95,11 +106,11 @@ class Leadership:
         error_backoff: tuple[Duration, Duration] = ERROR_BACKOFF,
         preference: PreferenceOptions | None = None,
     ) -> None:
-        self._elector = elector
+        self._core = core
         self.name = check_name(name)
-        limit = elector._config.max_request_bytes
+        limit = core.config.max_request_bytes
         self.value = to_bytes(value, limit=value_limit(limit))
-        check_candidate_size(elector.prefix, self.name, self.value, limit)
+        check_candidate_size(core.prefix, self.name, self.value, limit)
         if node_name is not None and not isinstance(node_name, str):
             raise ConfigError("node_name", f"must be a str or None, not {type(node_name).__name__}")
         for field, flag in (
@@ -118,7 +129,7 @@ class Leadership:
             on_stepped_down=on_stepped_down,
             on_leader_change=on_leader_change,
             restart=bool(restart_on_error),
-            count=lambda callback: elector._callback_failed(self.name, callback),
+            count=lambda callback: core.callback_failed(self.name, callback),
             stopping=lambda: self._stopped,
         )
         self._campaign = bool(campaign)
@@ -141,7 +152,7 @@ class Leadership:
         # Priorities and health gating (see _preference.py): None when not asked for.
         self._candidacy: Candidacy | None = None
         if preference is not None and preference.active and self._campaign:
-            self._candidacy = Candidacy(elector, self.name, preference)
+            self._candidacy = Candidacy(core, self.name, preference)
         self._unhealthy = False  # a failed health check ends the current term
 
     # -- state ------------------------------------------------------------------------
@@ -169,11 +180,11 @@ class Leadership:
     def get_lease(self) -> LeaderLease | None:
         """The lease of the current term, or None when not leading (the seed's GetLease)."""
         term = self.term
-        return LeaderLease(self._elector, term._session) if term is not None else None
+        return LeaderLease(self._core, session_of(term)) if term is not None else None
 
     async def current_leader(self) -> tuple[bytes, int] | None:
         """The current leader's value and token (create revision), or None when vacant."""
-        info = await self._elector.leader(self.name)
+        info = await self._core.leader(self.name)
         return (info.value, info.token) if info is not None else None
 
     @property
@@ -201,7 +212,7 @@ class Leadership:
             raise ConfigError("priority", "an observing Leadership (campaign=False) has none")
         if self._candidacy is None:
             self._candidacy = Candidacy(
-                self._elector, self.name, preference_options(preemptible=False)
+                self._core, self.name, preference_options(preemptible=False)
             )
             if self._running:
                 self._candidacy.start()
@@ -276,7 +287,7 @@ class Leadership:
             ElectorClosed: the elector closed meanwhile.
             TypeError: a callback is not an async function.
         """
-        self._elector._check_usable()
+        self._core.check_usable()
         if self._running:
             raise AioelectError(f"Leadership({self.name!r}).run() is already running")
         self._running = True
@@ -329,11 +340,11 @@ class Leadership:
 
     async def _sleep(self, delay: float) -> None:
         """Sleep ``delay`` seconds; raise ElectorClosed at once if the elector closes."""
-        elector = self._elector
+        core = self._core
         with anyio.move_on_after(delay):
             while True:
-                changed = elector._session_changed  # also set when the elector closes
-                elector._check_usable()
+                changed = core.session_changed  # also set when the elector closes
+                core.check_usable()
                 await changed.wait()
 
     async def _pause(self, delay: float, *, retry: bool) -> None:
@@ -363,7 +374,7 @@ class Leadership:
         while True:
             failures: list[BaseException] = []
             try:
-                async with self._elector.observe(self.name) as leaders:
+                async with ObserveBlock(self._core, self.name) as leaders:
                     if not started:
                         task_status.started()
                         started = True
@@ -377,19 +388,15 @@ class Leadership:
             await self._sleep(backoff.next())
 
     async def _loop(self) -> None:
-        elector = self._elector
-        declines = Backoff(initial=0.1, cap=min(5.0, elector._config.ttl))
+        core = self._core
+        declines = Backoff(initial=0.1, cap=min(5.0, core.config.ttl))
         errors = Backoff(*self.error_backoff)
         while not self._stopped:
-            if self.name in elector._busy:
-                raise ConfigError(
-                    "name", f"this Elector already campaigns in or leads election {self.name!r}"
-                )
-            elector._busy.add(self.name)
+            reservation = core.reserve(self.name)
             failures: list[BaseException] = []
             declined = failed = False
             try:
-                term = await self._acquire()
+                term = await self._acquire(reservation)
                 if term is None:
                     return
                 try:
@@ -399,7 +406,7 @@ class Leadership:
                         raise
                     failed = True  # logged and counted already; the term was resigned
             finally:
-                elector._busy.discard(self.name)
+                reservation.release()
             if failed:
                 await self._pause(errors.next(), retry=True)
             else:
@@ -407,8 +414,7 @@ class Leadership:
                 if declined:
                     await self._pause(declines.next(), retry=False)
 
-    async def _acquire(self) -> Term | None:
-        elector = self._elector
+    async def _acquire(self, reservation: Reservation) -> Term | None:
         candidacy = self._candidacy
         while True:
             withdrawn = False
@@ -428,12 +434,11 @@ class Leadership:
 
                     unsubscribe = candidacy.on_health(withdraw)
                 try:
-                    elector._campaigns += 1
-                    term = await run_campaign(
-                        elector, self.name, self.value, reclaim_stale=self.reclaim_stale
-                    )
+                    with reservation.campaigning():
+                        term = await run_campaign(
+                            self._core, self.name, self.value, reclaim_stale=self.reclaim_stale
+                        )
                 finally:
-                    elector._campaigns -= 1
                     self._campaign_scope = None
                     if unsubscribe is not None:
                         unsubscribe()
@@ -448,9 +453,9 @@ class Leadership:
         Callback errors are appended to ``failures`` and raised.
         """
         self._term = term
-        term._add_on_end(lambda _t, _r: self._wake.set())
+        add_on_end(term, lambda _t, _r: self._wake.set())
         declined = False
-        scope = term._scope()
+        scope = open_scope(term)
         self._lead_scope = scope
         self._unhealthy = False
         if self._candidacy is not None:
@@ -471,7 +476,7 @@ class Leadership:
                         and self._transfer is None
                         and not self._unhealthy
                     ):
-                        if term._ended is not None:
+                        if ended(term) is not None:
                             break
                         self._wake = anyio.Event()
                         await self._wake.wait()
@@ -489,7 +494,7 @@ class Leadership:
             raise
         finally:
             self._lead_scope = None
-            term._drop_scope(scope)
+            drop_scope(term, scope)
             with anyio.CancelScope(shield=True):
                 try:
                     await self._step_down(term, failures)
@@ -531,7 +536,7 @@ class Leadership:
 
         candidacy.watch(term, preempt)
         unsubscribe = candidacy.on_health(health)
-        term._add_on_end(lambda _t, _r: unsubscribe())
+        add_on_end(term, lambda _t, _r: unsubscribe())
         if candidacy.healthy is False:
             self._unhealthy = True
 
@@ -559,7 +564,7 @@ class Leadership:
         stepped_down = self._callbacks.on_stepped_down
         if stepped_down is None:
             return
-        bound = anyio.move_on_after(self._elector._config.ttl)
+        bound = anyio.move_on_after(self._core.config.ttl)
         try:
             with bound:
                 await self._callbacks.call("on_stepped_down", stepped_down, term, failures)
@@ -574,7 +579,7 @@ class Leadership:
     async def _hand_over(self, term: Term, target: KV | None) -> None:
         if target is not None and term.is_valid:
             try:
-                await term._transfer_to(target)
+                await transfer_to(term, target)
                 return
             except AioelectError as exc:
                 log.warning("transfer of %r failed (%s): resigning instead", self.name, exc)

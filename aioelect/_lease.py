@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._elector import Elector
+    from ._core import Core
     from ._session import Session
 
 __all__ = ("LeaderLease",)
@@ -20,8 +20,8 @@ class LeaderLease:
         ttl: the lease's TTL in seconds.
     """
 
-    def __init__(self, elector: Elector, session: Session) -> None:
-        self._elector = elector
+    def __init__(self, core: Core, session: Session) -> None:
+        self._core = core
         self._session = session
         self.id = session.lease_id
         self.ttl = session.ttl
@@ -39,7 +39,7 @@ class LeaderLease:
     async def close(self) -> None:
         """Revoke the lease: every term and candidacy of the elector on it ends at once."""
         self._session.mark_lost("lease closed")
-        await self._elector._conn.revoke(self.id)
+        await self._core.conn.revoke(self.id)
 
     def __repr__(self) -> str:
         return f"<LeaderLease {self.id:x} ttl={self.ttl:g} expires_in={self.expires_in():.3f}>"

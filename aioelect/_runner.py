@@ -30,6 +30,7 @@ from ._backoff import Backoff
 from ._callbacks import OnElected, OnLeaderChange, OnSteppedDown
 from ._config import Duration, check_name, duration, to_bytes
 from ._connection import KV
+from ._core import core_of
 from ._elector import Elector
 from ._exceptions import AioelectError, ConfigError, ElectorClosed
 from ._health import health
@@ -158,6 +159,7 @@ class LeadershipRunner:
         if on_stepped_down is not None and not callable(on_stepped_down):
             raise ConfigError("on_stepped_down", "must be an async function or None")
         self._elector = elector
+        self._core = core_of(elector)
         self.name = check_name(name)
         self._value = to_bytes(value) if value is not None else None
         self._user_stepped_down = on_stepped_down
@@ -315,7 +317,7 @@ class LeadershipRunner:
         if term is None:
             return
         # The elector's mirror of the election (local, kept current by its watch).
-        view = self._elector._mirror.view(self.name)
+        view = self._core.mirror.view(self.name)
 
         def others() -> list[KV]:
             return [kv for kv in view.kvs.values() if kv.lease != term.lease_id]
@@ -352,6 +354,9 @@ class LeadershipRunner:
         except AioelectError as exc:  # gone meanwhile, no longer leading, etcd unavailable
             log.info("leaving %r: no handover (%s); resigning", self.name, exc)
 
+    def _elector_failed(self) -> bool:
+        return self._core.failure is not None
+
     async def _supervise(self) -> None:
         leadership = self._leadership
         assert leadership is not None
@@ -368,7 +373,7 @@ class LeadershipRunner:
                 if self._closing.is_set():
                     log.warning("leadership of %r failed while stopping: %s", self.name, exc)
                     return
-                if isinstance(exc, ElectorClosed) or self._elector._failure is not None:
+                if isinstance(exc, ElectorClosed) or self._elector_failed():
                     log.error(
                         "leadership of %r stopped: the elector is closed or failed",
                         self.name,

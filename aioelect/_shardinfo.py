@@ -16,7 +16,7 @@ from ._connection import KV
 from ._term import Term
 
 if TYPE_CHECKING:
-    from ._elector import Elector
+    from ._core import Core
 
 __all__ = (
     "MAX_SHARDS",
@@ -143,19 +143,19 @@ class ShardOwner:
     queued: int
 
 
-async def read_shards(elector: Elector, group: str) -> tuple[dict[str, bytes], list[ShardOwner]]:
+async def read_shards(core: Core, group: str) -> tuple[dict[str, bytes], list[ShardOwner]]:
     """The live members of ``group`` (id -> value) and the owner of each owned shard.
 
     One paginated read at one revision (shards without any candidate are left
     out); cancelling it leaves nothing behind.
     """
-    elector._check_usable()
+    core.check_usable()
     group = check_name(group, "group")
-    root = f"{elector.prefix}/{group}".encode()
+    root = f"{core.prefix}/{group}".encode()
     # The members (``{group}\\0members/``) and the shards (``{group}.shard-``) sort
     # between ``{group}\\0`` and ``{group}/``.
-    kvs = (await elector._conn.range_all(root + b"\x00", root + b"/")).kvs
-    mpre = members_prefix(elector.prefix, group)
+    kvs = (await core.conn.range_all(root + b"\x00", root + b"/")).kvs
+    mpre = members_prefix(core.prefix, group)
     spre = root + b".shard-"
     members: dict[str, bytes] = {}
     by_lease: dict[int, str] = {}

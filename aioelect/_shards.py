@@ -70,10 +70,10 @@ from ._shardinfo import (
     shard_name,
 )
 from ._shardplan import plan
-from ._term import Term
+from ._term import Term, drop_scope, open_scope, transfer_to
 
 if TYPE_CHECKING:
-    from ._elector import Elector
+    from ._core import Core, Reservation
 
 __all__ = ("ShardGroup", "running_groups")
 
@@ -83,9 +83,9 @@ log = logging.getLogger("aioelect")
 _running: set[ShardGroup] = set()
 
 
-def running_groups(elector: Elector) -> list[ShardGroup]:
-    """The shard groups of ``elector`` whose :meth:`ShardGroup.run` runs now."""
-    return sorted((g for g in list(_running) if g._elector is elector), key=lambda g: g.group)
+def running_groups(core: Core) -> list[ShardGroup]:
+    """The shard groups of an elector (its ``core``) whose :meth:`ShardGroup.run` runs now."""
+    return sorted((g for g in list(_running) if g._core is core), key=lambda g: g.group)
 
 
 class _Slot:
@@ -112,7 +112,7 @@ class ShardGroup:
 
     def __init__(
         self,
-        elector: Elector,
+        core: Core,
         group: str,
         *,
         size: int,
@@ -123,32 +123,32 @@ class ShardGroup:
         claim_delay: Duration = 0.5,
         leave_wait: Duration | None = None,
     ) -> None:
-        self._elector = elector
+        self._core = core
         self.group = check_name(group, "group")
         if isinstance(size, bool) or not isinstance(size, int):
             raise ConfigError("size", f"must be an int, not {type(size).__name__}")
         if not 1 <= size <= MAX_SHARDS:
             raise ConfigError("size", f"must be 1 to {MAX_SHARDS}, got {size}")
         self.size = size
-        limit = elector._config.max_request_bytes
+        limit = core.config.max_request_bytes
         self.value = to_bytes(value, limit=value_limit(limit))
         self.names = [shard_name(self.group, i) for i in range(size)]
-        check_candidate_size(elector.prefix, self.names[-1], self.value, limit)
+        check_candidate_size(core.prefix, self.names[-1], self.value, limit)
         if member_id is None:
             member_id = secrets.token_hex(8)
         self.member_id = check_name(member_id, "member_id")
-        check_candidate_size(elector.prefix, self.group + MEMBERS, self.value, limit)
+        check_candidate_size(core.prefix, self.group + MEMBERS, self.value, limit)
         for field, fn in (("on_assigned", on_assigned), ("on_revoked", on_revoked)):
             if fn is not None and not asyncio.iscoroutinefunction(fn):
                 raise ConfigError(field, "must be an async function (async def) or None")
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
         self.claim_delay = duration("claim_delay", claim_delay, allow_zero=True)
-        ttl = elector._config.ttl
+        ttl = core.config.ttl
         self.leave_wait = (
             ttl if leave_wait is None else duration("leave_wait", leave_wait, allow_zero=True)
         )
-        self._mprefix = members_prefix(elector.prefix, self.group)
+        self._mprefix = members_prefix(core.prefix, self.group)
         self._member_key = self._mprefix + self.member_id.encode()
         self._slots: dict[int, _Slot] = {}
         self._retry_at: dict[int, float] = {}  # shard -> when to claim it again after an error
@@ -251,12 +251,12 @@ class ShardGroup:
         """
         if self._state != "new":
             raise AioelectError("this ShardGroup already ran; call elector.shards() again")
-        busy = self._elector._busy
+        core = self._core
         mine = [self.group + MEMBERS, *self.names]
-        taken = [n for n in mine if n in busy]
+        taken = core.in_use(mine)
         if taken:
             raise ConfigError("group", f"this Elector already uses election {taken[0]!r}")
-        busy.update(mine)
+        reservations: list[Reservation] = [core.reserve(n) for n in mine]
         self._state = "running"
         _running.add(self)
         try:
@@ -271,7 +271,8 @@ class ShardGroup:
             raise
         finally:
             _running.discard(self)
-            busy.difference_update(mine)
+            for reservation in reservations:
+                reservation.release()
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout()):
                 await self._unregister()
             for send in self._streams:
@@ -284,7 +285,7 @@ class ShardGroup:
             receive.close()
 
     async def __aenter__(self) -> Self:
-        self._elector._check_usable()
+        self._core.check_usable()
         self._task = asyncio.get_running_loop().create_task(self.run())
         await anyio.lowlevel.checkpoint()
         if self._task.done():
@@ -318,7 +319,7 @@ class ShardGroup:
     # -- membership -------------------------------------------------------------------
 
     def _timeout(self) -> float:
-        return self._elector._conn.timeout
+        return self._core.conn.timeout
 
     async def _register(self, scope: anyio.CancelScope) -> None:
         """Keep the membership key on the live session until leaving."""
@@ -326,10 +327,10 @@ class ShardGroup:
             await self._keep_registered()
 
     async def _keep_registered(self) -> None:
-        elector = self._elector
-        conn = elector._conn
+        core = self._core
+        conn = core.conn
         while not self._leaving:
-            session = await elector._wait_session()
+            session = await core.wait_session()
             kv = self._members_view().kvs.get(self._member_key)
             if (kv is None or kv.lease != session.lease_id) and not self._leaving:
                 try:
@@ -357,14 +358,14 @@ class ShardGroup:
                 unsubscribe()
 
     async def _unregister(self) -> None:
-        conn = self._elector._conn
+        conn = self._core.conn
         try:
             await conn.txn([], [conn.op_delete(self._member_key)])
         except EtcdError as exc:
             log.debug("shard group %r: could not delete membership: %s", self.group, exc)
 
     def _members_view(self) -> ElectionView:
-        return self._elector._mirror.view(self.group + MEMBERS)
+        return self._core.mirror.view(self.group + MEMBERS)
 
     # -- the controller -------------------------------------------------------------
 
@@ -372,7 +373,7 @@ class ShardGroup:
         """Members (lease -> id), each shard's owner, and whether it has no candidate."""
         n = len(self._mprefix)
         by_lease = {kv.lease: kv.key[n:].decode() for kv in self._members_view().kvs.values()}
-        views = self._elector._mirror.views
+        views = self._core.mirror.views
         owners: list[str | None] = []
         empty: list[bool] = []
         for name in self.names:
@@ -383,11 +384,11 @@ class ShardGroup:
         return by_lease, owners, empty
 
     async def _control(self, tg: TaskGroup, register_scope: anyio.CancelScope) -> None:
-        mirror = self._elector._mirror
+        mirror = self._core.mirror
         me = self.member_id
         unregistered = False
         while True:
-            self._elector._check_usable()
+            self._core.check_usable()
             changed = _next_change(mirror)
             by_lease, owners, empty = self._read()
             members = set(by_lease.values())
@@ -457,7 +458,7 @@ class ShardGroup:
         try:
             term: Term | None = None
             with slot.task_scope:
-                term = await campaign(self._elector, name, self.value)
+                term = await campaign(self._core, name, self.value)
             if term is not None:
                 await self._own(slot, term, previous)
         finally:
@@ -478,7 +479,7 @@ class ShardGroup:
         self._emit(ShardEvent("assigned", shard))
         if slot.target is not None or self._leaving:
             slot.release.cancel()  # no longer targeted since the campaign won
-        scope = term._scope()
+        scope = open_scope(term)
         try:
             with scope, slot.release:
                 if self._on_assigned is not None:
@@ -504,7 +505,7 @@ class ShardGroup:
                     self._shard_errors.pop(slot.index, None)
                 await anyio.sleep_forever()
         finally:
-            term._drop_scope(scope)
+            drop_scope(term, scope)
             with anyio.CancelScope(shield=True):
                 await self._finish(slot, term)
 
@@ -512,7 +513,7 @@ class ShardGroup:
         """Revoke: ``on_revoked`` (bounded by the TTL), then hand over or resign."""
         shard = slot.shard
         assert shard is not None
-        ttl = self._elector._config.ttl
+        ttl = self._core.config.ttl
         if self._on_revoked is not None:
             with anyio.move_on_after(ttl):
                 try:
@@ -546,9 +547,9 @@ class ShardGroup:
 
     async def _hand_over(self, slot: _Slot, term: Term) -> bool:
         """Transfer to the target's queued candidate (waiting for it, bounded), else resign."""
-        mirror = self._elector._mirror
+        mirror = self._core.mirror
         view = mirror.view(term.name)
-        wait = self.leave_wait if self._leaving else self._elector._config.ttl
+        wait = self.leave_wait if self._leaving else self._core.config.ttl
         deadline = time.monotonic() + wait
         with anyio.move_on_after(self._timeout() + wait):
             while term.is_valid and time.monotonic() < deadline:
@@ -561,7 +562,7 @@ class ShardGroup:
                         if nxt is not None and nxt.key == kv.key:
                             await term.resign()
                         else:
-                            await term._transfer_to(kv)
+                            await transfer_to(term, kv)
                         return True
                     except (NoSuchCandidate, NotLeader, EtcdError) as exc:
                         log.debug("shard %r: handover failed: %s", term.name, exc)

@@ -28,10 +28,24 @@ from ._few import Few, add, each, remove
 from ._keys import election_prefix, prefix_range_end, transfer_key
 
 if TYPE_CHECKING:
-    from ._elector import Elector
+    from ._core import Core
     from ._session import Session
 
-__all__ = ("Term",)
+__all__ = (
+    "RESIGNED",
+    "Term",
+    "add_on_end",
+    "attach",
+    "cancellation_was_ours",
+    "drop_scope",
+    "ended",
+    "hard_deadline",
+    "on_renewed",
+    "open_scope",
+    "scope_cancellation_in_disguise",
+    "session_of",
+    "transfer_to",
+)
 
 log = logging.getLogger("aioelect")
 
@@ -54,7 +68,7 @@ class Term:
     __slots__ = (
         "__weakref__",
         "_attached",
-        "_elector",
+        "_core",
         "_ended",
         "_lost",
         "_on_end",
@@ -71,9 +85,9 @@ class Term:
     )
 
     def __init__(
-        self, elector: Elector, session: Session, name: str, key: bytes, value: bytes, token: int
+        self, core: Core, session: Session, name: str, key: bytes, value: bytes, token: int
     ) -> None:
-        self._elector = elector
+        self._core = core
         self._session = session
         self.name = name
         self.key = key
@@ -97,15 +111,14 @@ class Term:
         """Start following the leader key (the elector ends its terms when the session
         is lost); return False, leaving nothing behind, if the term is already over.
         """
-        elector = self._elector
-        view = elector._mirror.view(self.name)
+        view = self._core.mirror.view(self.name)
         kv = view.kvs.get(self.key)
         if self._session.is_lost or kv is None or kv.create_revision != self.token:
             self._ended = "leader key deleted"
             return False
         view.listen_key(self.key, self)
         self._attached = True
-        elector._term_started(self)
+        self._core.term_started(self, self._session)
         return True
 
     def session_lost(self, reason: str) -> None:
@@ -143,8 +156,8 @@ class Term:
                 scope.cancel()
         if self._attached:
             self._attached = False
-            self._elector._mirror.view(self.name).unlisten_key(self.key, self)
-            self._elector._term_ended(self, reason)
+            self._core.mirror.view(self.name).unlisten_key(self.key, self)
+            self._core.term_ended(self, reason, resigned=reason == RESIGNED)
         for callback in self._on_end or ():
             callback(self, reason)
 
@@ -241,11 +254,11 @@ class Term:
                 request limit (``max_request_bytes``); nothing is sent.
             EtcdUnavailable: etcd did not answer; the value may or may not be set.
         """
-        limit = self._elector._config.max_request_bytes
+        limit = self._core.config.max_request_bytes
         data = to_bytes(value, limit=value_limit(limit))
-        check_candidate_size(self._elector.prefix, self.name, data, limit)
+        check_candidate_size(self._core.prefix, self.name, data, limit)
         self._check_valid()
-        conn = self._elector._conn
+        conn = self._core.conn
         self._own_values = (*self._own_values, data)
         resp = await conn.txn(
             [conn.cmp_create(self.key, self.token)],
@@ -275,7 +288,7 @@ class Term:
             RequestTooLarge: the transaction is over etcd's request limit
                 (``max_request_bytes``, or etcd's own); nothing was applied.
         """
-        conn = self._elector._conn
+        conn = self._core.conn
         inner = conn.txn_request(
             conn.user_compares(compare, "compare"),
             conn.user_ops(success, "success"),
@@ -294,9 +307,9 @@ class Term:
         Raises:
             NoSuchCandidate: no live candidate has that value.
         """
-        data = to_bytes(value, limit=value_limit(self._elector._config.max_request_bytes))
-        conn = self._elector._conn
-        eprefix = election_prefix(self._elector.prefix, self.name)
+        data = to_bytes(value, limit=value_limit(self._core.config.max_request_bytes))
+        conn = self._core.conn
+        eprefix = election_prefix(self._core.prefix, self.name)
         result = await conn.range_all(eprefix, prefix_range_end(eprefix))  # paginated
         for kv in sorted(result.kvs, key=lambda kv: (kv.create_revision, kv.key)):
             if kv.value == data and kv.key != self.key:
@@ -323,16 +336,16 @@ class Term:
         await self._transfer_to(target)
 
     async def _transfer_to(self, target: KV) -> None:
-        elector = self._elector
-        conn = elector._conn
+        core = self._core
+        conn = core.conn
         self._check_valid()
-        record_lease, _ = await conn.grant(int(elector._config.ttl))
+        record_lease, _ = await conn.grant(int(core.config.ttl))
         self._resigning = True
         try:
             resp = await conn.txn(
                 [conn.cmp_create(self.key, self.token),
                  conn.cmp_create(target.key, target.create_revision)],
-                [conn.op_put(transfer_key(elector.prefix, self.name), target.key, record_lease),
+                [conn.op_put(transfer_key(core.prefix, self.name), target.key, record_lease),
                  conn.op_delete(self.key)],
             )  # fmt: skip
         except BaseException:
@@ -341,7 +354,7 @@ class Term:
         if not resp.succeeded:
             self._resigning = False
             await conn.revoke(record_lease)
-            kv = elector._mirror.view(self.name).kvs.get(self.key)
+            kv = core.mirror.view(self.name).kvs.get(self.key)
             if kv is None or kv.create_revision != self.token:
                 self._end("leader key deleted")
                 raise NotLeader(f"term {self.token} of election {self.name!r}: key is gone")
@@ -363,7 +376,7 @@ class Term:
         if self._ended is not None:
             return
         self._resigning = True
-        conn = self._elector._conn
+        conn = self._core.conn
         backoff = Backoff(initial=0.02, cap=0.5)
         deadline = time.monotonic() + max(conn.timeout, 1.0)
         try:
@@ -391,6 +404,61 @@ class Term:
     def __repr__(self) -> str:
         state = "valid" if self.is_valid else f"ended ({self.end_reason})"
         return f"<Term {self.name!r} token={self.token} lease={self.lease_id:x} {state}>"
+
+
+# -- the package's own API of a Term (functions, so that Term shows no more public
+# names; only this module touches a Term's underscored attributes) ------------------
+
+
+def attach(term: Term) -> bool:
+    """Start following the leader key and register the term with the core.
+
+    Returns False, leaving nothing behind, if the term is already over.
+    """
+    return term._attach()
+
+
+def open_scope(term: Term) -> anyio.CancelScope:
+    """A cancel scope that is cancelled when ``term`` ends (give it back with
+    :func:`drop_scope`)."""
+    return term._scope()
+
+
+def drop_scope(term: Term, scope: anyio.CancelScope) -> None:
+    """Forget a scope from :func:`open_scope`."""
+    term._drop_scope(scope)
+
+
+def add_on_end(term: Term, callback: Callable[[Term, str], None]) -> None:
+    """Call ``callback(term, reason)`` once, when ``term`` ends."""
+    term._add_on_end(callback)
+
+
+def ended(term: Term) -> str | None:
+    """Why ``term`` ended, or None while it was not noticed to end (unlike
+    :attr:`Term.end_reason`, not checked against the clock)."""
+    return term._ended
+
+
+def session_of(term: Term) -> Session:
+    """The session whose lease holds ``term``'s key."""
+    return term._session
+
+
+def hard_deadline(term: Term) -> float:
+    """The monotonic instant before which etcd cannot expire ``term``'s lease."""
+    return term._hard_deadline()
+
+
+def on_renewed(term: Term, callback: Callable[[float], None]) -> Callable[[], None]:
+    """Call ``callback(hard_deadline)`` after each renewal of ``term``'s lease;
+    returns the function that stops it."""
+    return term._on_renewed(callback)
+
+
+async def transfer_to(term: Term, target: KV) -> None:
+    """Hand ``term``'s leadership to the candidate key ``target`` (see :meth:`Term.transfer`)."""
+    await term._transfer_to(target)
 
 
 def cancellation_was_ours(term: Term) -> bool:

@@ -55,7 +55,7 @@ from ._exceptions import (
     NotLeader,
 )
 from ._models import LeaderInfo
-from ._term import Term
+from ._term import Term, hard_deadline, on_renewed
 
 __all__ = ("main",)
 
@@ -203,10 +203,11 @@ async def _cmd_candidates(args: argparse.Namespace) -> int:
 
 
 async def _cmd_shards(args: argparse.Namespace) -> int:
+    from ._core import core_of
     from ._shardinfo import read_shards
 
     async with _elector(args) as elector:
-        members, owners = await read_shards(elector, args.group)
+        members, owners = await read_shards(core_of(elector), args.group)
     if args.json:
         for o in owners:
             print(
@@ -408,7 +409,7 @@ async def _supervise(cmd: list[str], grace: float, term: Term, state: _RunState)
         out = os.dup(1)
     except OSError:  # no stdout: CMD gets /dev/null
         out = -1
-    deadline = term._hard_deadline() - KILL_MARGIN
+    deadline = hard_deadline(term) - KILL_MARGIN
     watchdog = [
         sys.executable, "-I", "-S", _watchdog.__file__, str(feed_r), str(out), repr(deadline),
         "--", *cmd,
@@ -438,7 +439,7 @@ async def _supervise(cmd: list[str], grace: float, term: Term, state: _RunState)
         if term.is_valid:  # once the term ends, the last deadline fed stands
             child.feed(hard_deadline - KILL_MARGIN)
 
-    unsubscribe = term._on_renewed(renewed)
+    unsubscribe = on_renewed(term, renewed)
     try:
         await child.wait_started()
         if child.error is not None:

@@ -77,6 +77,7 @@ except ImportError as exc:
         "pip install 'aioelect[prometheus]'"
     ) from exc
 
+from ._core import core_of
 from ._shards import running_groups
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ class ElectorCollector(Collector):
         f["lease_expires_in_seconds"].add_metric(prefix, stats.lease_expires_in or 0.0)
         for (election, callback), count in sorted(elector._callback_error_counts().items()):
             f["callback_errors"].add_metric([*prefix, election, callback], count)
-        for group in running_groups(elector):
+        for group in running_groups(core_of(elector)):
             shard_stats = group.statistics()
             labels = [*prefix, shard_stats.group, shard_stats.member]
             f["shards_owned"].add_metric(labels, len(shard_stats.owned))

@@ -29,6 +29,7 @@ from _common import GCMeter, PySpy, cpu_seconds, now_ns, proc_cpu_seconds, summa
 
 import aioelect
 from aioelect import _connection
+from aioelect._core import core_of
 
 REQUESTS: Counter[str] = Counter()
 
@@ -94,7 +95,7 @@ async def main(args: argparse.Namespace) -> None:
             name = f"c{i}"
             if not first:
                 # Join behind the other candidate, so every election starts with two.
-                while len(elector._mirror.view(name).kvs) < 1:  # noqa: ASYNC110
+                while len(core_of(elector).mirror.view(name).kvs) < 1:  # noqa: ASYNC110
                     await anyio.sleep(0.01)
             while not stop.is_set():
                 async with elector.hold(name, "x"):
@@ -117,11 +118,11 @@ async def main(args: argparse.Namespace) -> None:
         async def count_watch_streams() -> None:
             """Count re-created watch streams (the mirrors' stream objects changing)."""
             nonlocal recreated
-            last = [ea._mirror._stream, eb._mirror._stream]
+            last = [core_of(ea).mirror._stream, core_of(eb).mirror._stream]
             while True:
                 await anyio.sleep(0.05)
                 for j, e in enumerate((ea, eb)):
-                    cur = e._mirror._stream
+                    cur = core_of(e).mirror._stream
                     if cur is not None and cur is not last[j]:
                         recreated += 1
                         last[j] = cur
@@ -180,7 +181,7 @@ async def main(args: argparse.Namespace) -> None:
             for elector in (ea, eb):  # drop the keys at once, not by TTL
                 lease_id = elector.statistics().lease_id
                 if lease_id is not None:
-                    await elector._conn.revoke(lease_id)
+                    await core_of(elector).conn.revoke(lease_id)
             sys.stdout.write(json.dumps(res) + "\n")
             sys.stdout.flush()
             os._exit(0)  # skip the teardown (the leases expire by themselves)

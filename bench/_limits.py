@@ -29,6 +29,7 @@ from typing import Any
 
 import aioelect
 from aioelect._connection import Connection
+from aioelect._core import core_of
 from aioelect._embedded import EtcdProcess
 from aioelect.testing import FaultProxy
 
@@ -65,7 +66,7 @@ async def run_case(
             t0 = time.perf_counter()
             async with elector:
                 enter.append(time.perf_counter() - t0)
-                mirror = elector._mirror
+                mirror = core_of(elector).mirror
                 mirrored = sum(len(view.kvs) for view in mirror.views.values())
                 assert mirrored == n, f"mirrored {mirrored} candidates, not {n}"
                 t0 = time.perf_counter()

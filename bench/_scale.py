@@ -46,6 +46,7 @@ from _common import (
 from aetcd import rpc
 
 import aioelect
+from aioelect._core import core_of
 
 HERE = Path(__file__).resolve().parent
 HANDOVER = "handover"
@@ -99,7 +100,7 @@ async def queued(local: LocalCandidate, n: int, timeout: float = 30.0) -> None:
 
     Reads the mirror (no request to etcd), so the wait does not show in a profile.
     """
-    view = local.candidate.elector._mirror.view(HANDOVER)
+    view = core_of(local.candidate.elector).mirror.view(HANDOVER)
     deadline = time.monotonic() + timeout
     while len(view.kvs) != n:
         if time.monotonic() > deadline:
@@ -147,7 +148,7 @@ async def watch_start(
     Returns None, or a failure report.
     """
     streams = 0
-    last_stream = e1._mirror._stream
+    last_stream = core_of(e1).mirror._stream
     debug = bool(os.environ.get("BENCH_DEBUG"))
     while True:
         with anyio.move_on_after(0.1):
@@ -155,7 +156,7 @@ async def watch_start(
             await all_observed.wait()
             return None
         elapsed = time.perf_counter() - t0
-        stream = e1._mirror._stream
+        stream = core_of(e1).mirror._stream
         if stream is not last_stream and stream is not None:
             streams += 1
             last_stream = stream

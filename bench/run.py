@@ -50,6 +50,7 @@ from aetcd import rpc
 
 import aioelect
 from aioelect._connection import Connection
+from aioelect._core import core_of
 from aioelect._embedded import EtcdProcess, find_etcd_binary
 from aioelect._keys import prefix_range_end
 from aioelect._mirror import Mirror
@@ -197,7 +198,7 @@ class NaiveCandidate:
 
 async def _mirror_count(elector: aioelect.Elector, name: str, n: int, timeout: float = 30) -> None:
     """Wait until the elector's mirror shows ``n`` candidates in ``name`` (no etcd request)."""
-    view = elector._mirror.view(name)
+    view = core_of(elector).mirror.view(name)
     deadline = time.monotonic() + timeout
     while len(view.kvs) != n:
         if time.monotonic() > deadline:
@@ -313,7 +314,7 @@ async def section_inproc(ctx: Ctx) -> dict[str, Any]:
 
         leader, follower = ca, cb
         nleader, nfollower = na, nb
-        conns = {id(ca): id(ea._conn), id(cb): id(eb._conn)}
+        conns = {id(ca): id(core_of(ea).conn), id(cb): id(core_of(eb).conn)}
         marks = Marks()
 
         async def aio_trial(record: list[float] | None) -> tuple[int, int]:

@@ -1,14 +1,20 @@
-"""Print the import graph inside the ``aioelect`` package, and its cycles.
+"""Print the import graph inside the ``aioelect`` package and its cycles; check its layers.
 
 Usage (from the repository root)::
 
-    python scripts/import_graph.py [package_dir]
+    python scripts/import_graph.py [--check] [package_dir]
 
 One line per module: the package modules it imports, at any depth of the
 file (``TYPE_CHECKING`` blocks and function bodies included; those are
 marked ``[t]`` and ``[f]``), then every cycle (strongly connected component
 of more than one module). It reads the source with ``ast`` and imports
 nothing, so it runs without the package's dependencies.
+
+``--check`` also checks the layer contract (:data:`LAYERS`, top to bottom;
+docs/architecture.md explains it): a module imports only modules of its own
+layer or of the layers below, never one above (not even for type hints),
+every module is in exactly one layer, and there is no cycle. It exits 1 on
+a violation. ``nox -s lint`` and ``tests/test_layers.py`` run it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,79 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: The layers of ``aioelect``, top to bottom: a module may import modules of its own
+#: layer (without a cycle) and of the layers below it, never one above.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "facade",
+        (
+            "aioelect",
+            "aioelect.__main__",
+            "aioelect.cli",
+            "aioelect._demo",
+            "aioelect._elector",
+            "aioelect._health",
+            "aioelect._runner",
+            "aioelect.prometheus",
+            "aioelect.testing",
+            "aioelect.testing._cluster",
+            "aioelect.testing._docker",
+            "aioelect.testing._partition",
+            "aioelect.testing._plugin",
+            "aioelect.testing._proxy",
+        ),
+    ),
+    (
+        "blocks",
+        (
+            "aioelect._callbacks",
+            "aioelect._candidacy",
+            "aioelect._hold",
+            "aioelect._jobs",
+            "aioelect._leadership",
+            "aioelect._lease",
+            "aioelect._shardinfo",
+            "aioelect._shards",
+        ),
+    ),
+    ("campaign", ("aioelect._campaign",)),
+    ("term", ("aioelect._term",)),
+    (
+        "core",
+        (
+            "aioelect._batch",
+            "aioelect._core",
+            "aioelect._healthgate",
+            "aioelect._mirror",
+            "aioelect._observe",
+            "aioelect._preference",
+            "aioelect._session",
+        ),
+    ),
+    (
+        "connection",
+        (
+            "aioelect._aetcd",
+            "aioelect._connection",
+            "aioelect._embedded",
+            "aioelect._watchdog",
+        ),
+    ),
+    (
+        "pure",
+        (
+            "aioelect._backoff",
+            "aioelect._config",
+            "aioelect._exceptions",
+            "aioelect._few",
+            "aioelect._identity",
+            "aioelect._keys",
+            "aioelect._models",
+            "aioelect._shardplan",
+        ),
+    ),
+)
 
 
 def module_name(path: Path, pkg_dir: Path) -> str:
@@ -135,9 +214,44 @@ def cycles(g: dict[str, dict[str, str]]) -> list[list[str]]:
     return sorted(out)
 
 
+def violations(g: dict[str, dict[str, str]]) -> list[str]:
+    """What breaks the layer contract in graph ``g`` (empty when it holds)."""
+    level: dict[str, int] = {}
+    found: list[str] = []
+    for i, (_, modules) in enumerate(LAYERS):
+        for m in modules:
+            if m in level:
+                found.append(f"{m} is in two layers")
+            level[m] = i
+    for m in g:
+        if m not in level:
+            found.append(f"{m} is in no layer: add it to LAYERS in scripts/import_graph.py")
+    for m, deps in g.items():
+        for d, kind in deps.items():
+            if m in level and d in level and level[d] < level[m]:
+                how = {"t": " (under TYPE_CHECKING)", "f": " (in a function)"}.get(kind, "")
+                found.append(
+                    f"{m} ({LAYERS[level[m]][0]}) imports {d} ({LAYERS[level[d]][0]}), "
+                    f"a layer above{how}"
+                )
+    found += [f"import cycle: {' -> '.join(c)}" for c in cycles(g)]
+    return found
+
+
 def main() -> int:
-    pkg_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "aioelect"
+    args = sys.argv[1:]
+    check = "--check" in args
+    args = [a for a in args if a != "--check"]
+    pkg_dir = Path(args[0]) if args else ROOT / "aioelect"
     g = graph(pkg_dir.resolve())
+    if check:
+        found = violations(g)
+        for v in found:
+            print(f"layers: {v}", file=sys.stderr)
+        if found:
+            return 1
+        print(f"layers: {len(g)} modules in {len(LAYERS)} layers, no upward import, no cycle")
+        return 0
     for name, deps in g.items():
         shown = " ".join(f"{d}[{k}]" if k else d for d, k in sorted(deps.items()))
         print(f"{name}: {shown}")

@@ -12,6 +12,7 @@ from helpers import ElectorFactory, eventually, keys_under
 import aioelect
 from aioelect._batch import Batcher
 from aioelect._connection import Connection
+from aioelect._core import core_of
 from aioelect.testing import EtcdServer
 
 pytestmark = pytest.mark.asyncio
@@ -75,7 +76,7 @@ async def test_a_campaign_takes_one_request_contested_or_not(
     sent: list[str] = []
     for elector, who in ((a, "a"), (b, "b")):
         for method in ("txn", "range", "create_keys"):
-            original = getattr(elector._conn, method)
+            original = getattr(core_of(elector).conn, method)
 
             async def call(
                 *args: Any, _original: Any = original, _who: str = who, **kw: Any
@@ -83,7 +84,7 @@ async def test_a_campaign_takes_one_request_contested_or_not(
                 sent.append(_who)
                 return await _original(*args, **kw)
 
-            monkeypatch.setattr(elector._conn, method, call)
+            monkeypatch.setattr(core_of(elector).conn, method, call)
     async with anyio.create_task_group() as tg:
         async with a.hold("job", "a"):
             assert sent == ["a"]  # its create
@@ -102,7 +103,7 @@ async def test_a_campaign_takes_one_request_contested_or_not(
 
 
 async def _queued(elector: aioelect.Elector, name: str, n: int) -> bool:
-    return len(elector._mirror.view(name).kvs) == n
+    return len(core_of(elector).mirror.view(name).kvs) == n
 
 
 async def test_a_batch_with_an_existing_key_tells_every_caller_to_check_alone(
@@ -190,7 +191,7 @@ async def test_many_holds_and_observers_start_with_few_requests(
             tg.start_soon(hold, i)
             tg.start_soon(observe, i)
         await all_running.wait()
-        stats = elector._batcher
+        stats = core_of(elector).batcher
         # Creates: batches of <= 128; the observers' barriers: a few more. No
         # confirming read, so at most n creates + n barriers.
         assert n <= stats.requests <= 2 * n
@@ -262,14 +263,14 @@ async def test_campaign_waiting_for_its_own_event_ends_when_the_elector_closes(
     created = anyio.Event()
     outcome: list[BaseException] = []
     async with aioelect.Elector(endpoints=etcd.endpoints, prefix=etcd_prefix, ttl=2) as elector:
-        monkeypatch.setattr(elector._mirror, "apply_batch", lambda batch: None)
-        original = elector._batcher._send_creates
+        monkeypatch.setattr(core_of(elector).mirror, "apply_batch", lambda batch: None)
+        original = core_of(elector).batcher._send_creates
 
         async def send_creates(chunk: Any) -> None:
             await original(chunk)
             created.set()  # landed; its caller waits for the mirror to see it
 
-        monkeypatch.setattr(elector._batcher, "_send_creates", send_creates)
+        monkeypatch.setattr(core_of(elector).batcher, "_send_creates", send_creates)
 
         async def campaign() -> None:
             try:
@@ -294,14 +295,14 @@ async def test_a_batched_create_answers_once_the_mirror_has_seen_its_key(
     """With the elector's mirror, a create's caller is answered only when the mirror shows
     its key (one wait per batch, not per caller), so the campaign has nothing more to wait for."""
     elector = await make_elector()
-    session = await elector._wait_session()
-    mirror = elector._mirror
+    session = await core_of(elector).wait_session()
+    mirror = core_of(elector).mirror
     seen: list[tuple[int, int, bool]] = []  # (token, mirror's seen revision, key in the view)
     # Hold the watch's responses back until every batch has landed.
     held_back: list[Any] = []
     apply = mirror.apply_batch
     monkeypatch.setattr(mirror, "apply_batch", held_back.append)
-    send, landed = elector._batcher._send_creates, 0
+    send, landed = core_of(elector).batcher._send_creates, 0
     all_landed = anyio.Event()
 
     async def send_creates(chunk: Any) -> None:
@@ -311,11 +312,11 @@ async def test_a_batched_create_answers_once_the_mirror_has_seen_its_key(
         if landed == 200:
             all_landed.set()
 
-    monkeypatch.setattr(elector._batcher, "_send_creates", send_creates)
+    monkeypatch.setattr(core_of(elector).batcher, "_send_creates", send_creates)
 
     async def create(i: int) -> None:
         key = f"{elector.prefix}/c{i}/{session.lease_id:x}".encode()
-        token = await elector._batcher.create(key, b"v", session.lease_id)
+        token = await core_of(elector).batcher.create(key, b"v", session.lease_id)
         assert token is not None
         kv = mirror.view(f"c{i}").kvs.get(key)
         seen.append((token, mirror.seen_revision, kv is not None and kv.create_revision == token))
@@ -342,7 +343,7 @@ async def test_concurrent_barriers_share_one_read_and_wait_for_the_mirror(
     before the mirror has applied a write made before the call; a cancelled caller leaves
     the others unharmed."""
     elector = await make_elector()
-    batcher, mirror = elector._batcher, elector._mirror
+    batcher, mirror = core_of(elector).batcher, core_of(elector).mirror
     # Hold the watch's responses (events and progress alike) back.
     held_back: list[Any] = []
     apply = mirror.apply_batch

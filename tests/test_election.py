@@ -12,6 +12,7 @@ from helpers import ElectorFactory, eventually, keys_under, live_leases
 
 import aioelect
 from aioelect._connection import Connection, WatchBatch
+from aioelect._core import core_of
 
 pytestmark = pytest.mark.asyncio
 
@@ -181,7 +182,7 @@ async def _waiting_behind(a: aioelect.Elector, b: aioelect.Elector) -> aioelect.
     old_b = (await a.candidates("job"))[1]
 
     async def mirrored() -> bool:
-        return old_b.key in b._mirror.view("job").kvs
+        return old_b.key in core_of(b).mirror.view("job").kvs
 
     await eventually(mirrored, what="b's key mirrored")
     await anyio.wait_all_tasks_blocked()  # b's campaign has seen its key and waits
@@ -201,7 +202,7 @@ async def test_a_win_after_the_watch_restarted_is_confirmed_by_a_read(
     b = await make_elector()
     won: list[int] = []
     reads: list[int] = []
-    original_read = b._batcher.read
+    original_read = core_of(b).batcher.read
 
     async def read(ops: object) -> object:
         reads.append(1)
@@ -217,12 +218,12 @@ async def test_a_win_after_the_watch_restarted_is_confirmed_by_a_read(
         async with a.hold("job", "a"):
             tg.start_soon(waiter)
             old_b = await _waiting_behind(a, b)
-            monkeypatch.setattr(b._batcher, "read", read)
-            epoch = b._mirror.epoch
-            await b._mirror.load()  # a resync, as after a compacted watch
-            assert b._mirror.epoch > epoch
+            monkeypatch.setattr(core_of(b).batcher, "read", read)
+            epoch = core_of(b).mirror.epoch
+            await core_of(b).mirror.load()  # a resync, as after a compacted watch
+            assert core_of(b).mirror.epoch > epoch
             if case == "delete lost":
-                mirror = b._mirror
+                mirror = core_of(b).mirror
                 apply = mirror.apply_batch
 
                 def dropping(batch: WatchBatch) -> None:
@@ -259,14 +260,14 @@ async def test_cancel_at_each_await_point_leaves_no_key(
 
         monkeypatch.setattr(_campaign, "_wait_turn", gate)
     else:  # the watch delivers nothing: the create landed, its answer waits for the mirror
-        monkeypatch.setattr(a._mirror, "apply_batch", lambda batch: None)
-        send = a._batcher._send_creates
+        monkeypatch.setattr(core_of(a).mirror, "apply_batch", lambda batch: None)
+        send = core_of(a).batcher._send_creates
 
         async def landed(chunk: Any) -> None:
             await send(chunk)
             reached.set()
 
-        monkeypatch.setattr(a._batcher, "_send_creates", landed)
+        monkeypatch.setattr(core_of(a).batcher, "_send_creates", landed)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_hold_forever, a, "job")
         await reached.wait()
@@ -284,8 +285,10 @@ async def test_cancel_while_waiting_to_see_a_reused_key_leaves_no_key(
     from aioelect import _campaign
 
     a = await make_elector()
-    session = await a._wait_session()
-    monkeypatch.setattr(a._mirror, "apply_batch", lambda batch: None)  # the mirror sees nothing
+    session = await core_of(a).wait_session()
+    monkeypatch.setattr(
+        core_of(a).mirror, "apply_batch", lambda batch: None
+    )  # the mirror sees nothing
     key = f"{a.prefix}/job/{session.lease_id:x}".encode()
     await raw.txn([], [raw.op_put(key, b"x", session.lease_id)])
     reached = anyio.Event()
@@ -312,10 +315,10 @@ async def test_cancel_while_creating_alone_deletes_exactly_that_key(
     writes (or reuses) its key in a transaction of its own. Cancelled while that is in
     flight, it lets it finish and deletes the key guarded by its create revision."""
     a = await make_elector()
-    session = await a._wait_session()
+    session = await core_of(a).wait_session()
     key = f"{a.prefix}/job/{session.lease_id:x}".encode()
     await raw.txn([], [raw.op_put(key, b"earlier", session.lease_id)])
-    conn = a._conn
+    conn = core_of(a).conn
     original = conn.txn
     calls: list[tuple[int, int]] = []  # (compares, ops) of each transaction
     alone, proceed = anyio.Event(), anyio.Event()
@@ -368,7 +371,7 @@ async def test_cancel_while_the_create_lands_deletes_exactly_that_key(
     deletes the key guarded by the create revision it got (a delete landing late can then
     never remove a later key of the same name)."""
     a = await make_elector()
-    conn = a._conn
+    conn = core_of(a).conn
     original, original_create = conn.txn, conn.create_keys
     calls: list[tuple[int, int]] = []  # (compares, ops) of each transaction (a create: n, n)
     sent = anyio.Event()
@@ -520,7 +523,7 @@ async def test_an_observe_block_is_used_once_at_a_time_and_can_be_entered_again(
             info = await anext(aiter(again))
             assert info is not None and info.value == b"v3"  # the leader now, not v2
         assert [info async for info in block] == []  # exited: iteration ends
-    assert a._observers == set()
+    assert core_of(a).observers == set()
 
 
 async def test_leader_and_candidates(make_elector: ElectorFactory) -> None:

@@ -6,6 +6,7 @@ import aetcd
 import pytest
 
 import aioelect
+from aioelect._core import core_of
 from aioelect.testing import EtcdServer
 
 pytestmark = pytest.mark.asyncio
@@ -20,7 +21,7 @@ async def test_embedded_elector_runs_its_own_etcd() -> None:
             leader = await elector.leader("job")
             assert leader is not None
             assert leader.value == b"solo"
-        etcd = elector._embedded
+        etcd = core_of(elector).embedded
         assert etcd is not None
         proc = etcd._proc
         assert proc is not None

@@ -167,7 +167,7 @@ async def test_health_of_a_leadership_through_an_error_and_its_end(
         tg.start_soon(lead.run)
         with anyio.fail_after(10):
             await failed.wait()
-        await eventually(lambda: _backing_off(lead), what="backing off")
+        await eventually(lambda: _backing_off(elector, lead), what="backing off")
         report = health(elector, lead)
         [entry] = report["leaderships"]
         assert report["ready"] is True  # it campaigns again within the back-off
@@ -210,8 +210,8 @@ async def test_health_of_a_crashed_run_names_a_non_callback_error(
     assert "already campaigns" in entry["last_error"]["message"]
 
 
-async def _backing_off(lead: aioelect.Leadership) -> bool:
-    return health(lead._elector, lead)["leaderships"][0]["state"] == "backing_off"
+async def _backing_off(elector: aioelect.Elector, lead: aioelect.Leadership) -> bool:
+    return health(elector, lead)["leaderships"][0]["state"] == "backing_off"
 
 
 # -- metrics ---------------------------------------------------------------------------

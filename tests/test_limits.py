@@ -23,6 +23,7 @@ from aioelect._config import (
     DEFAULT_MAX_REQUEST_BYTES,
 )
 from aioelect._connection import Connection
+from aioelect._core import core_of
 from aioelect.testing import EtcdServer, FaultProxy
 
 pytestmark = pytest.mark.asyncio
@@ -71,13 +72,13 @@ async def test_hold_over_etcds_request_limit_raises_at_once(
 
     elector = await make_elector(prefix=long_prefix, max_request_bytes=4 * MiB)
     sent: list[int] = []
-    unary = elector._conn._unary_now
+    unary = core_of(elector).conn._unary_now
 
     async def counting(method: Any, request: Any, timeout: float | None) -> Any:
         sent.append(request.ByteSize())
         return await unary(method, request, timeout)
 
-    monkeypatch.setattr(elector._conn, "_unary_now", counting)
+    monkeypatch.setattr(core_of(elector).conn, "_unary_now", counting)
     caplog.set_level(logging.DEBUG, logger="aioelect")
     with anyio.fail_after(10), pytest.raises(RequestTooLarge) as raised:
         async with elector.hold("job", b"v" * (512 * 1024)):
@@ -140,7 +141,7 @@ async def test_a_prefix_over_4_mib_lets_a_new_elector_enter(
     keys = await _fill(raw, etcd_prefix, 5, MiB)
     try:
         elector = await make_elector()
-        view = elector._mirror.view("big")
+        view = core_of(elector).mirror.view("big")
         assert list(view.kvs) == keys
         leader = await elector.leader("big")
         assert leader is not None and leader.key == keys[0] and leader.value == b"A" * MiB
@@ -160,7 +161,7 @@ async def test_a_resync_of_a_prefix_over_4_mib_after_a_broken_watch(
     keys_elsewhere: list[bytes] = []
     try:
         elector = await make_elector(endpoints=[fault_proxy.endpoint], ttl=10)
-        mirror = elector._mirror
+        mirror = core_of(elector).mirror
         # The watch is live: it delivered an event written after the entry.
         marker = f"{etcd_prefix}/other/1".encode()
         await mirror.sync(int((await raw.txn([], [raw.op_put(marker, b"x")])).header.revision))
@@ -236,13 +237,13 @@ async def test_a_failed_entry_leaves_no_lease(
         connect_timeout=3 if how == "timed out" else 60,
     )
     attempts: list[int] = []
-    grant = elector._conn.grant
+    grant = core_of(elector).conn.grant
 
     async def counting(*args: Any, **kwargs: Any) -> Any:
         attempts.append(1)
         return await grant(*args, **kwargs)
 
-    elector._conn.grant = counting  # type: ignore[method-assign]
+    core_of(elector).conn.grant = counting  # type: ignore[method-assign]
     seen: set[int] = set()  # leases granted meanwhile (polled directly, not via the proxy)
 
     async def watch_leases() -> None:
@@ -305,7 +306,7 @@ async def test_a_callers_client_with_grpcs_default_receive_limit_enters_too(
     client = aetcd.Client(host=host, port=int(port), timeout=10)
     try:
         async with aioelect.Elector(client=client, prefix=etcd_prefix, ttl=5) as elector:
-            assert list(elector._mirror.view("big").kvs) == keys
+            assert list(core_of(elector).mirror.view("big").kvs) == keys
             assert [c.key for c in await elector.candidates("big")] == keys
     finally:
         await client.close()

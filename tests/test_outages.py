@@ -12,6 +12,7 @@ from helpers import ElectorFactory, eventually
 
 import aioelect
 from aioelect._connection import Connection
+from aioelect._core import core_of
 from aioelect._embedded import EtcdProcess
 from aioelect.testing import FaultProxy
 
@@ -65,7 +66,7 @@ async def test_outage_longer_than_ttl(etcd_process: EtcdProcess) -> None:
                     tg.start_soon(follower)
                     await eventually(lambda: _queued(a), what="b queued")
                     etcd_process.kill()
-                    hard_deadline = a._session.hard_deadline if a._session else 0.0
+                    hard_deadline = core_of(a).session.hard_deadline if core_of(a).session else 0.0
                     killed_at = time.monotonic()
                     try:
                         await anyio.sleep_forever()
@@ -119,7 +120,7 @@ async def test_compaction_while_waiting(
         fault_proxy.heal()
         with anyio.fail_after(10):
             await b_won.wait()
-    assert b._mirror.resyncs >= 1
+    assert core_of(b).mirror.resyncs >= 1
 
 
 async def test_a_watch_that_broke_resyncs_instead_of_resuming(
@@ -133,7 +134,7 @@ async def test_a_watch_that_broke_resyncs_instead_of_resuming(
     (etcd #18089: a watch catching up across a compaction could; here every watch opened
     after the break drops every delete)."""
     a = await make_elector(ttl=10, endpoints=[fault_proxy.endpoint])
-    original = a._conn.watch_stream
+    original = core_of(a).conn.watch_stream
 
     def lossy(*args: Any, **kwargs: Any) -> Any:
         stream = original(*args, **kwargs)
@@ -148,8 +149,8 @@ async def test_a_watch_that_broke_resyncs_instead_of_resuming(
 
     with pytest.raises(aioelect.LeadershipLost):
         async with a.hold("job", "a") as term:
-            resyncs = a._mirror.resyncs
-            monkeypatch.setattr(a._conn, "watch_stream", lossy)
+            resyncs = core_of(a).mirror.resyncs
+            monkeypatch.setattr(core_of(a).conn, "watch_stream", lossy)
             fault_proxy.blackhole()
             fault_proxy.reset()
             await raw.txn([], [raw.op_delete(term.key)])
@@ -157,7 +158,7 @@ async def test_a_watch_that_broke_resyncs_instead_of_resuming(
             with anyio.fail_after(6):  # well before the renew deadline (6.7 s) ends it
                 await term.wait_lost()
     assert term.end_reason == "leader key deleted"
-    assert a._mirror.resyncs > resyncs
+    assert core_of(a).mirror.resyncs > resyncs
 
 
 async def test_compaction_while_observing(
@@ -183,7 +184,7 @@ async def test_compaction_while_observing(
                 nxt = await anext(it)
             assert nxt is not None
             assert (nxt.value, nxt.token) == (b"c", term_c.token)
-    assert b._mirror.resyncs >= 1
+    assert core_of(b).mirror.resyncs >= 1
 
 
 async def test_observe_survives_etcd_restart(etcd_process: EtcdProcess) -> None:

@@ -20,6 +20,7 @@ from test_interop import _line, etcdctl_elect
 import aioelect
 import aioelect.prometheus
 from aioelect._connection import Connection
+from aioelect._core import core_of
 from aioelect._few import add
 from aioelect._keys import preference_key, split_key, split_preference_key
 from aioelect._preference import decode_record, version_priority
@@ -33,7 +34,7 @@ async def _queue(elector: aioelect.Elector, n: int) -> list[str] | None:
 
 
 def _records(elector: aioelect.Elector, name: str) -> int:
-    view = elector._mirror.views.get(name)
+    view = core_of(elector).mirror.views.get(name)
     return 0 if view is None or view.records is None else len(view.records)
 
 
@@ -122,7 +123,7 @@ async def test_not_preemptible_by_default(make_elector: ElectorFactory) -> None:
             # The leader evaluates on every mirror change: once it has seen the
             # challenger's record, a preemption would have happened by now.
             await eventually(lambda: _records(a, "job") == 1, what="record mirrored")
-            await eventually(lambda: len(a._mirror.view("job").kvs) == 2, what="b queued")
+            await eventually(lambda: len(core_of(a).mirror.view("job").kvs) == 2, what="b queued")
             assert term.is_valid
             infos = await a.candidates("job")
             assert [(c.value, c.priority) for c in infos] == [(b"a", 0), (b"b", 10)]
@@ -143,7 +144,7 @@ async def test_equal_priority_keeps_fifo(make_elector: ElectorFactory) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_hold_forever, b, "job", "b", 5)
             await eventually(lambda: _records(a, "job") == 2, what="both records mirrored")
-            await eventually(lambda: len(a._mirror.view("job").kvs) == 2, what="b queued")
+            await eventually(lambda: len(core_of(a).mirror.view("job").kvs) == 2, what="b queued")
             assert term.is_valid
             tg.cancel_scope.cancel()
 
@@ -168,7 +169,7 @@ async def test_highest_challenger_wins_ties_fifo(make_elector: ElectorFactory) -
         await changed.wait()
         for leadership in leaderships[1:]:
             tg.start_soon(leadership.run)
-        view = electors[0]._mirror.view("job")
+        view = core_of(electors[0]).mirror.view("job")
         await eventually(lambda: len(view.kvs) == 4 and _records(electors[0], "job") == 4)
         assert elected == ["a"]
         queue = [c.value.decode() for c in await electors[0].candidates("job")]
@@ -217,7 +218,7 @@ async def test_leadership_steps_down_and_campaigns_again_behind(
         tg.start_soon(la.run)
         await a_elected.wait()
         tg.start_soon(lb.run)
-        await eventually(lambda: len(a._mirror.view("job").kvs) == 2, what="b queued")
+        await eventually(lambda: len(core_of(a).mirror.view("job").kvs) == 2, what="b queued")
         assert not b_elected.is_set()
         lb.set_priority(3)
         await b_elected.wait()
@@ -288,7 +289,7 @@ async def test_unhealthy_leader_hands_over_and_returns_after_successes(
         tg.start_soon(la.run)
         await a_elected.wait()
         tg.start_soon(lb.run)
-        await eventually(lambda: len(a._mirror.view("job").kvs) == 2, what="b queued")
+        await eventually(lambda: len(core_of(a).mirror.view("job").kvs) == 2, what="b queued")
         assert la.healthy is True
         if hang:
             check.hang = True
@@ -320,7 +321,7 @@ async def test_unhealthy_leader_hands_over_and_returns_after_successes(
         # When a's new key shows up, how many checks in a row had passed.
         gate = la._candidacy.gate if la._candidacy is not None else None
         assert gate is not None
-        view = b._mirror.view("job")
+        view = core_of(b).mirror.view("job")
         back: list[int] = []
 
         def on_change() -> None:
@@ -488,9 +489,9 @@ async def test_go_candidate_keeps_its_fifo_place(
         tg.start_soon(la.run)
         await a_elected.wait()
         tg.start_soon(lb.run)
-        await eventually(lambda: len(a._mirror.view("job").kvs) == 2, what="b queued")
+        await eventually(lambda: len(core_of(a).mirror.view("job").kvs) == 2, what="b queued")
         async with etcdctl_elect(etcd, f"{etcd_prefix}/job", "go-1") as (proc, out):
-            await eventually(lambda: len(a._mirror.view("job").kvs) == 3, what="go queued")
+            await eventually(lambda: len(core_of(a).mirror.view("job").kvs) == 3, what="go queued")
             go = [c for c in await a.candidates("job") if c.value == b"go-1"]
             assert [c.priority for c in go] == [0]
             b_elected_before = b_elected.is_set()
@@ -524,7 +525,7 @@ async def test_runner_leaves_to_the_highest_priority(make_elector: ElectorFactor
 
         return on_elected
 
-    view = a._mirror.view("job")
+    view = core_of(a).mirror.view("job")
     async with AsyncExitStack() as stack:
         async with aioelect.LeadershipRunner(a, "job", "a", priority=9, on_elected=on("a")):
             await elected["a"].wait()

@@ -44,6 +44,7 @@ import aioelect
 from aioelect._connection import KV, Connection, WatchBatch, WatchStream
 from aioelect._exceptions import EtcdError
 from aioelect._keys import prefix_range_end, split_key
+from aioelect._term import session_of
 
 HERE = Path(__file__).resolve().parent
 CANDIDATE = HERE / "candidate.py"
@@ -204,7 +205,7 @@ class Member:
             # Called synchronously by the term when it ends; a term past its renew
             # deadline stopped being valid at that deadline, not when we noticed.
             now = time.monotonic()
-            rec.ended = min(now, term._session.valid_until)
+            rec.ended = min(now, session_of(term).valid_until)
             self.emit(
                 "ended",
                 election=rec.election,

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _support import Member
 
 import aioelect
+from aioelect._term import session_of
 
 
 def emit(event: dict[str, Any]) -> None:
@@ -62,7 +63,7 @@ async def watchdog(member: Member, tick: float = 0.05, threshold: float = 1.0) -
                         "is_valid": term.is_valid,
                         # The latest deadline (renewals only push it later): the
                         # term was valid at no instant after it.
-                        "valid_until": term._session.valid_until,
+                        "valid_until": session_of(term).valid_until,
                     }
                     for name, term in member.current.items()
                 ],

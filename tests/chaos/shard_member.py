@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _support import fence_key
 
 import aioelect
+from aioelect._term import session_of
 
 
 def emit(**event: Any) -> None:
@@ -67,7 +68,7 @@ async def main(args: argparse.Namespace) -> None:
 
     async def revoked(shard: aioelect.Shard) -> None:
         term = shard.term
-        until = term._session.valid_until
+        until = session_of(term).valid_until
         emit(
             event="ended",
             id=ident,
@@ -88,7 +89,7 @@ async def main(args: argparse.Namespace) -> None:
                         "election": s.name,
                         "token": s.term.token,
                         "is_valid": s.term.is_valid,
-                        "valid_until": s.term._session.valid_until,
+                        "valid_until": session_of(s.term).valid_until,
                     }
                     for s in [x.shard for x in group._slots.values() if x.shard is not None]
                 ]

@@ -28,6 +28,7 @@ from helpers import ElectorFactory, eventually, keys_under
 
 import aioelect
 from aioelect._connection import Connection
+from aioelect._core import core_of
 from aioelect._embedded import EtcdProcess
 from aioelect.testing import EtcdCluster, FaultProxy
 
@@ -91,7 +92,7 @@ async def test_whole_etcd_down_longer_than_ttl(etcd_process: EtcdProcess) -> Non
                             what=f"two candidates in {name}",
                         )
                     leaders = {name: await log.wait("elected", election=name) for name in names}
-                    sessions = {m.ident: m.elector._session for m in members}
+                    sessions = {m.ident: core_of(m.elector).session for m in members}
                     etcd_process.kill()
                     killed = time.monotonic()
                     for name, won in leaders.items():
@@ -316,10 +317,10 @@ async def test_compaction_and_defragmentation_during_elections(
         for where, got in observed.items():
             assert got == tokens, (where, got, tokens)
         assert log.find("elected", id="p"), "the candidate behind the proxy got its turn"
-        assert behind._mirror.resyncs >= 1
+        assert core_of(behind).mirror.resyncs >= 1
         lines.append(
             f"observers saw all {len(tokens)} leaders in order; proxied elector resynced "
-            f"{behind._mirror.resyncs} times after compaction"
+            f"{core_of(behind).mirror.resyncs} times after compaction"
         )
         lines.append(f"resign -> every observer saw the successor: {fmt_times(elapsed)}")
         _verify(log, history, members, lines)

@@ -22,6 +22,7 @@ from helpers import ElectorFactory, eventually, keys_under, live_leases
 import aioelect
 from aioelect._config import MAX_VALUE_BYTES
 from aioelect._connection import Connection
+from aioelect._core import core_of
 from aioelect.testing import EtcdServer
 
 pytestmark = pytest.mark.chaos
@@ -176,7 +177,7 @@ async def test_lookups_refuse_bad_names(
         async with a.observe(name):
             pytest.fail("must not observe")
     assert info.value.field == "name"
-    assert not a._observers
+    assert not core_of(a).observers
     for call in (a.leader, a.candidates):
         with pytest.raises(aioelect.ConfigError) as info:
             await call(name)
@@ -366,7 +367,7 @@ async def test_calls_from_another_event_loop_are_refused(
                 error = await anyio.to_thread.run_sync(_in_other_loop, call)
                 assert isinstance(error, aioelect.AioelectError), (what, error)
                 assert "another event loop" in str(error), (what, error)
-            assert not a._observers
+            assert not core_of(a).observers
             async with a.hold("job", "a") as term:
                 assert term.is_valid
             assert await a.leader("job") is None

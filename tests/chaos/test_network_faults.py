@@ -22,6 +22,7 @@ from helpers import ElectorFactory, eventually, keys_under
 import aioelect
 from aioelect import _connection
 from aioelect._connection import Connection
+from aioelect._core import core_of
 from aioelect.testing import FaultProxy
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.chaos]
@@ -44,7 +45,7 @@ async def test_cut_off_leader_steps_down_before_its_lease_can_expire(
                 first = await log.wait("elected", id="a")
                 mb.start(tg, "job")
                 await eventually(lambda: _has_candidates(raw, etcd_prefix, 2), what="b queued")
-                session = a._session
+                session = core_of(a).session
                 assert session is not None
                 fault_proxy.blackhole()
                 cut = time.monotonic()
@@ -170,7 +171,7 @@ async def test_blackholed_client_backs_off(
     with report("back-off while blackholed for 10 s (ttl=2)") as lines:
         a = await make_elector(ttl=2, endpoints=[fault_proxy.endpoint])
         b = await make_elector(ttl=2)
-        counter = RequestCounter(monkeypatch, a._conn)
+        counter = RequestCounter(monkeypatch, core_of(a).conn)
         ma = Member(a, ident="a", emit=log, interval=0.02)
         mb = Member(b, ident="b", emit=log, interval=0.02)
         async with anyio.create_task_group() as tg:
@@ -297,7 +298,7 @@ async def test_cut_off_leader_stops_work_before_its_lease_can_expire(
     async with anyio.create_task_group() as tg:
         tg.start_soon(lead.run)
         await elected.wait()
-        session = a._session
+        session = core_of(a).session
         assert session is not None
         fault_proxy.blackhole()
         with anyio.fail_after(10):

@@ -17,6 +17,7 @@ from helpers import eventually, keys_under, live_leases
 
 import aioelect
 from aioelect._connection import Connection
+from aioelect._core import core_of
 from aioelect._embedded import EtcdProcess, find_etcd_binary
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.chaos]
@@ -206,7 +207,7 @@ async def test_rbac_user_elects_within_its_prefix_only(rbac_etcd: EtcdProcess) -
                 lead_b.stop()
             assert any(c is not None and c.value == b"b" for c in changes)
             with pytest.raises(aioelect.PermissionDenied):
-                await a._conn.range(b"/elsewhere/key")
+                await core_of(a).conn.range(b"/elsewhere/key")
         with pytest.raises(aioelect.PermissionDenied):
             async with _user_elector(rbac_etcd, prefix="/elsewhere"):
                 pytest.fail("must not enter")
@@ -263,9 +264,9 @@ async def test_no_secret_in_logs_reprs_or_errors(
                 await term.proclaim("x")
             texts += _exception_texts(refused.value)
             with pytest.raises(aioelect.PermissionDenied) as denied:
-                await a._conn.range(b"/elsewhere/key")
+                await core_of(a).conn.range(b"/elsewhere/key")
             texts += _exception_texts(denied.value)
-            texts += [repr(a.statistics()), repr(a.config), repr(a._conn), repr(a.client)]
+            texts += [repr(a.statistics()), repr(a.config), repr(core_of(a).conn), repr(a.client)]
         texts.append(repr(a))
         with pytest.raises(aioelect.AuthenticationFailed) as failed:
             async with _user_elector(rbac_etcd, pw=WRONG_PW):
