@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import anyio
@@ -43,7 +43,7 @@ from ._keys import (
 )
 from ._models import LeaderInfo
 
-__all__ = ("ElectionView", "Mirror")
+__all__ = ("ElectionView", "Mirror", "resync_events")
 
 log = logging.getLogger("aioelect")
 
@@ -134,6 +134,38 @@ def leader_info(name: str, kv: KV | None) -> LeaderInfo | None:
     _set_priority(info, 0)
     _set_healthy(info, None)
     return info
+
+
+def resync_events(
+    mirrored: Iterable[KV], fresh: Iterable[KV], name_of: Callable[[bytes], str | None]
+) -> list[tuple[bool, KV]]:
+    """The events that turn the mirrored keys into a fresh range read (pure; a resync).
+
+    Args:
+        mirrored: every key the mirror holds (candidates, transfer and
+            preference records), election by election, each in its order.
+        fresh: the range read (one snapshot).
+        name_of: the election of a key, or None for a key of no election.
+
+    Returns:
+        ``(is_put, kv)`` pairs to apply in order: first a delete of every mirrored
+        key that is missing or was re-created (another create revision), in the
+        mirror's order; then a put of every key of an election that is new or
+        changed, by create revision (so each view stays in election order).
+    """
+    by_key = {kv.key: kv for kv in fresh}
+    events: list[tuple[bool, KV]] = []
+    kept: dict[bytes, KV] = {}
+    for kv in mirrored:
+        new = by_key.get(kv.key)
+        if new is None or new.create_revision != kv.create_revision:
+            events.append((False, kv))
+        else:
+            kept[kv.key] = kv
+    for kv in sorted(by_key.values(), key=lambda kv: kv.create_revision):
+        if name_of(kv.key) is not None and kept.get(kv.key) != kv:
+            events.append((True, kv))
+    return events
 
 
 class ElectionView:
@@ -336,28 +368,21 @@ class Mirror:
         self.epoch += 1
         # Paginated at one revision: the pages are one snapshot, as one read would be.
         result = await self._conn.range_all(self.root, self._range_end)
-        fresh: dict[bytes, KV] = {kv.key: kv for kv in result.kvs}
-        touched: set[ElectionView] = set()
-        for view in list(self.views.values()):
-            old_kvs = list(view.kvs.values())
+        name_of = self._name_of
+        mirrored: list[KV] = []
+        for view in self.views.values():
+            mirrored.extend(view.kvs.values())
             if view.transfer is not None:
-                old_kvs.append(view.transfer)
+                mirrored.append(view.transfer)
             if view.records is not None:
-                old_kvs.extend(view.records.values())
-            for kv in old_kvs:
-                new = fresh.get(kv.key)
-                if new is None or new.create_revision != kv.create_revision:
-                    view.apply(False, kv)
-                    touched.add(view)
-        for kv in sorted(result.kvs, key=lambda kv: kv.create_revision):
-            name = self._name_of(kv.key)
-            if name is None:
-                continue
+                mirrored.extend(view.records.values())
+        touched: set[ElectionView] = set()
+        for is_put, kv in resync_events(mirrored, result.kvs, name_of):
+            name = name_of(kv.key)
+            assert name is not None
             view = self.view(name)
-            old = view.stored(kv.key)
-            if old != kv:
-                view.apply(True, kv)
-                touched.add(view)
+            view.apply(is_put, kv)
+            touched.add(view)
         self._advance(result.revision, seen=True)
         self._leaders_moved(touched)
 

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from aioelect._connection import KV
-from aioelect._mirror import ElectionView, leader_info
+from aioelect._mirror import ElectionView, leader_info, resync_events
 from aioelect._models import LeaderInfo
 from aioelect._observe import Observer
 
@@ -147,3 +147,34 @@ def test_leader_info_equals_the_dataclass_built_the_usual_way() -> None:
     assert hash(info) == hash(LeaderInfo("job", b"/p/job/1a", b"value", 7, 0x1A))
     assert repr(info) == repr(LeaderInfo("job", b"/p/job/1a", b"value", 7, 0x1A))
     assert leader_info("job", None) is None
+
+
+def _name_of(key: bytes) -> str | None:
+    parts = key.split(b"/")
+    return parts[2].decode() if len(parts) == 4 and parts[1] == b"p" else None
+
+
+def test_resync_events_turn_the_mirror_into_the_fresh_read() -> None:
+    """A resync's diff: deletes first (keys missing, or re-created at another revision), in
+    the mirror's order; then puts of new or changed keys by create revision; nothing for
+    an unchanged key or a key of no election."""
+    kept, changed = _kv(b"/p/e/kept", 5), _kv(b"/p/e/changed", 6)
+    gone, recreated = _kv(b"/p/f/gone", 7), _kv(b"/p/e/recreated", 8)
+    changed_now = KV(changed.key, b"proclaimed", 6, 12, 7)
+    recreated_now = _kv(recreated.key, 11)
+    new_other = _kv(b"/p/g/new", 9)
+    stray = _kv(b"/elsewhere", 3)
+    events = resync_events(
+        [kept, changed, recreated, gone],
+        [stray, kept, changed_now, new_other, recreated_now],
+        _name_of,
+    )
+    assert events == [
+        (False, recreated),
+        (False, gone),
+        (True, changed_now),  # create revision 6
+        (True, new_other),  # 9
+        (True, recreated_now),  # 11
+    ]
+    assert resync_events([kept], [kept], _name_of) == []
+    assert resync_events([], [], _name_of) == []
