@@ -5,9 +5,9 @@ Everything public is re-exported here; the modules behind it are private.
 
 from ._config import Duration as Duration
 from ._config import ElectorConfig as ElectorConfig
-from ._connection import TLSConfig as TLSConfig
 from ._elector import Elector as Elector
 from ._embedded import EmbeddedEtcd as EmbeddedEtcd
+from ._endpoints import TLSConfig as TLSConfig
 from ._exceptions import AioelectError as AioelectError
 from ._exceptions import AuthenticationFailed as AuthenticationFailed
 from ._exceptions import ConfigError as ConfigError

@@ -12,53 +12,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import math
-import os
-import re
-import socket
 import time
-from collections.abc import Awaitable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeAlias, TypeVar, Union
-from urllib.parse import urlsplit
+from typing import Any, NamedTuple
 
 import anyio
-import anyio.lowlevel
+import anyio.to_thread
 import grpc
 import grpc.aio
 
 from . import _aetcd as aetcd
+from . import _ops
 from ._aetcd import rpc
 from ._config import DEFAULT_MAX_REQUEST_BYTES, duration
-from ._exceptions import (
-    AuthenticationFailed,
-    ConfigError,
-    EtcdError,
-    EtcdUnavailable,
-    PermissionDenied,
-    RequestTooLarge,
-)
+from ._endpoints import Endpoint, TLSConfig, grpc_target, needs_resolving, parse_endpoints
+from ._errors import grpc_await, map_errors
+from ._exceptions import ConfigError, EtcdError, EtcdUnavailable, RequestTooLarge
 
 __all__ = (
     "KV",
     "Connection",
-    "Endpoint",
     "KeepAliveStream",
-    "TLSConfig",
     "WatchBatch",
     "WatchStream",
-    "map_errors",
-    "parse_endpoints",
 )
 
 log = logging.getLogger("aioelect")
 
-T = TypeVar("T")
-log = logging.getLogger("aioelect")
-StrPath: TypeAlias = Union[str, "os.PathLike[str]"]
 
 #: gRPC keepalive: a ping every 5 s (etcd's default --grpc-keepalive-min-time:
 #: faster pings get the connection closed with too_many_pings) and 3 s to answer,
@@ -76,296 +60,10 @@ _NO_LEADER = "no leader"
 #: At most one fail-over to another member per this many seconds.
 _FAIL_OVER_EVERY = 1.0
 
-#: Codes after which a request's outcome is unknown (it may have been applied):
-#: etcd was not reached, did not answer in time, or was between leaders
-#: ("leader changed", "no leader", "request timed out" are UNAVAILABLE).
-#: INTERNAL is how grpc-core reports a broken HTTP/2 stream.
-_UNKNOWN_OUTCOME_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.INTERNAL,
-    }
-)
-
-#: gRPC's "message larger than max (SIZE vs. LIMIT)".
-_LARGER_THAN_MAX = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
-
 #: The receive limit of our own channel: none (-1). etcd's largest response is a
 #: range of many large values; ranges are paginated, but one page may still hold
 #: many values of up to --max-request-bytes each.
 MAX_RECEIVE_BYTES = -1
-
-
-@dataclass(frozen=True)
-class TLSConfig:
-    """TLS settings for the connection to etcd.
-
-    Attributes:
-        ca_file: PEM file of the CA that signed etcd's server certificate;
-            None uses the system's trust store.
-        cert_file: PEM client certificate, for etcd's ``--client-cert-auth``.
-        key_file: PEM private key of ``cert_file``; both or neither.
-        server_name: the name to check the server certificate against, when
-            it differs from the endpoint's host.
-    """
-
-    ca_file: StrPath | None = None
-    cert_file: StrPath | None = None
-    key_file: StrPath | None = None
-    server_name: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ConfigError("tls", "cert_file and key_file must be given together")
-        for field in ("ca_file", "cert_file", "key_file"):
-            path = getattr(self, field)
-            if path is not None and not os.path.isfile(path):
-                raise ConfigError(f"tls.{field}", f"no such file: {os.fspath(path)!r}")
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        """Read the files and build the gRPC channel credentials."""
-
-        def read(path: StrPath | None) -> bytes | None:
-            if path is None:
-                return None
-            with open(path, "rb") as f:
-                return f.read()
-
-        return grpc.ssl_channel_credentials(
-            root_certificates=read(self.ca_file),
-            private_key=read(self.key_file),
-            certificate_chain=read(self.cert_file),
-        )
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One parsed etcd endpoint."""
-
-    host: str
-    port: int
-    secure: bool | None  # True: https://, False: http://, None: no scheme
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        scheme = {True: "https://", False: "http://", None: ""}[self.secure]
-        return f"{scheme}{host}:{self.port}"
-
-
-def parse_endpoints(endpoints: object, field: str = "endpoints") -> tuple[Endpoint, ...]:
-    """Parse ``host:port``, ``http://host:port`` or ``https://host:port`` (a str, a
-    comma-separated str, or a list of str) into endpoints."""
-    if isinstance(endpoints, str):
-        items = [e.strip() for e in endpoints.split(",")]
-    elif isinstance(endpoints, (list, tuple)):
-        items = list(endpoints)
-    else:
-        raise ConfigError(field, f"must be a str or a list of str, not {type(endpoints).__name__}")
-    if not items:
-        raise ConfigError(field, "must name at least one endpoint")
-    parsed: list[Endpoint] = []
-    for item in items:
-        if not isinstance(item, str) or not item:
-            raise ConfigError(field, f"each endpoint must be a non-empty str, got {item!r}")
-        if "@" in item:
-            # Not echoed: it may hold a password.
-            raise ConfigError(
-                field,
-                "an endpoint must not contain user info (user:password@); "
-                "use username= and password=",
-            )
-        if any(c.isspace() for c in item):
-            raise ConfigError(field, f"endpoint {item!r} must not contain whitespace")
-        text = item if "://" in item else "//" + item
-        try:
-            parts = urlsplit(text)
-            port = parts.port
-        except ValueError as exc:
-            raise ConfigError(field, f"cannot parse endpoint {item!r}: {exc}") from None
-        if parts.scheme not in ("", "http", "https"):
-            raise ConfigError(
-                field,
-                f"endpoint {item!r}: scheme must be http:// or https://, not {parts.scheme!r}",
-            )
-        if not parts.hostname or port is None or port == 0:
-            raise ConfigError(
-                field, f"endpoint {item!r} must be host:port, http://host:port or https://host:port"
-            )
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ConfigError(field, f"endpoint {item!r} must not have a path or query")
-        secure = {"": None, "http": False, "https": True}[parts.scheme]
-        parsed.append(Endpoint(parts.hostname, port, secure))
-    schemes = {e.secure for e in parsed if e.secure is not None}
-    if len(schemes) > 1:
-        raise ConfigError(field, "endpoints mix http:// and https://")
-    return tuple(parsed)
-
-
-def _grpc_target(endpoints: Sequence[Endpoint]) -> str:
-    """One gRPC target for all endpoints: pick_first fails over along the list."""
-    if len(endpoints) == 1:
-        e = endpoints[0]
-        host = f"[{e.host}]" if ":" in e.host else e.host
-        return f"{host}:{e.port}"
-    v4: list[str] = []
-    v6: list[str] = []
-    for e in endpoints:
-        try:
-            addr = ipaddress.ip_address(e.host)
-            addrs = [(addr.version, str(addr))]
-        except ValueError:
-            try:
-                infos = socket.getaddrinfo(e.host, e.port, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                raise ConfigError("endpoints", f"cannot resolve {e.host!r}: {exc}") from None
-            addrs = [(6 if fam == socket.AF_INET6 else 4, str(sa[0])) for fam, *_, sa in infos]
-        for version, a in addrs:
-            (v4 if version == 4 else v6).append(
-                f"{a}:{e.port}" if version == 4 else f"[{a}]:{e.port}"
-            )
-    if v4:
-        return "ipv4:" + ",".join(dict.fromkeys(v4))
-    return "ipv6:" + ",".join(dict.fromkeys(v6))
-
-
-async def grpc_await(awaitable: Awaitable[T]) -> T:
-    """Await a grpc.aio call so that cancellation works with anyio cancel scopes.
-
-    When its task is cancelled, grpc.aio raises a new ``CancelledError`` that
-    lacks the message anyio's cancel scopes recognise theirs by, so a scope
-    would let it escape. After such an error, while an enclosing scope is
-    cancelled, checkpoints let it deliver its own cancellation (anyio delivers
-    it from a callback that a single checkpoint may miss); after a plain
-    ``Task.cancel()`` the error is re-raised as it is.
-    """
-    try:
-        return await awaitable
-    except asyncio.CancelledError:
-        for _ in range(1000):  # bounded: anyio delivers within a few loop turns
-            if anyio.current_effective_deadline() != -math.inf:
-                break  # no enclosing scope is cancelled: a plain Task.cancel()
-            await anyio.lowlevel.checkpoint()
-        raise
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        details = (exc.details() or "").strip()
-        return f"{exc.code().name}: {details}" if details else exc.code().name
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _etcd_error(endpoints: Sequence[str], text: str, *, retryable: bool = False) -> EtcdError:
-    return EtcdError(f"etcd at {', '.join(endpoints)}: {text}", retryable=retryable)
-
-
-def _too_large(
-    endpoints: Sequence[str], text: str, size: int | None, limit: int | None
-) -> RequestTooLarge:
-    match = _LARGER_THAN_MAX.search(text)
-    if match is not None:  # gRPC's own limit, before etcd's: it names both sizes
-        size, limit = int(match.group(1)), int(match.group(2))
-    what = "a request" if size is None else f"a request of {size} bytes"
-    bound = "etcd's request limit" if limit is None else f"the limit of {limit} bytes"
-    return RequestTooLarge(
-        f"etcd at {', '.join(endpoints)} refused {what}: over {bound} "
-        f"(etcd's --max-request-bytes; nothing was applied) ({text})",
-        size=size,
-        limit=limit,
-    )
-
-
-def classify(
-    exc: BaseException,
-    endpoints: Sequence[str],
-    *,
-    size: int | None = None,
-    limit: int | None = None,
-) -> EtcdError:
-    """The aioelect error for an aetcd or gRPC error (or a local timeout).
-
-    One table, by what a retry can do (see ``_exceptions``): ``EtcdUnavailable``
-    when the outcome is unknown; ``RequestTooLarge``, ``AuthenticationFailed``,
-    ``PermissionDenied`` and permanent ``EtcdError`` when a retry cannot help;
-    a retryable ``EtcdError`` when etcd refused for now (too many requests, an
-    old auth revision, a compacted revision). ``size`` and ``limit`` describe
-    the request, for ``RequestTooLarge``.
-    """
-    cause = exc.__cause__ if isinstance(exc, aetcd.ClientError) and exc.__cause__ else exc
-    if isinstance(cause, grpc.aio.AioRpcError):
-        code = cause.code()
-        text = _describe(cause)
-        details = cause.details() or ""
-        if code == grpc.StatusCode.UNAUTHENTICATED or (
-            code == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in text
-        ):
-            return AuthenticationFailed(f"etcd at {', '.join(endpoints)}: {text}")
-        if code == grpc.StatusCode.INVALID_ARGUMENT and "user name is empty" in text:
-            # etcd has auth enabled and the request carried no token.
-            return AuthenticationFailed(
-                f"etcd at {', '.join(endpoints)} requires authentication: "
-                f"give a username and password ({text})"
-            )
-        if code == grpc.StatusCode.PERMISSION_DENIED:
-            return PermissionDenied(f"etcd at {', '.join(endpoints)}: {text}")
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "Received message larger" in details:
-            # grpc-core's receive limit (a caller's client: ours has none): a response
-            # too large. (etcd's Go server says "received", in lower case, of a request.)
-            return _etcd_error(endpoints, f"response over the client's receive limit: {text}")
-        if "request is too large" in details or (
-            # etcd's gRPC server refuses more than --max-request-bytes + 512 KiB itself
-            # ("grpc: received message larger than max"); grpc-core refuses to send
-            # more than its send limit ("Sent message larger than max").
-            code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in details
-        ):
-            return _too_large(endpoints, text, size, limit)
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            # "too many requests" is retryable; "database space exceeded" needs an operator.
-            return _etcd_error(endpoints, text, retryable="space exceeded" not in details)
-        if code in _UNKNOWN_OUTCOME_CODES:
-            return EtcdUnavailable(endpoints, text)
-        if code == grpc.StatusCode.INVALID_ARGUMENT and "auth store is old" in details:
-            return _etcd_error(endpoints, text, retryable=True)  # re-read auth, retry
-        if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
-            return _etcd_error(endpoints, text, retryable=True)  # read again at a new revision
-        # INVALID_ARGUMENT, NOT_FOUND (lease not found), FAILED_PRECONDITION (lease
-        # exists), OUT_OF_RANGE (TTL too large, future revision), DATA_LOSS, ...
-        return _etcd_error(endpoints, text)
-    if isinstance(
-        exc,
-        (
-            aetcd.ConnectionFailedError,
-            aetcd.ConnectionTimeoutError,
-            aetcd.WatchTimeoutError,
-            aetcd.InternalError,
-            TimeoutError,
-            asyncio.TimeoutError,  # not TimeoutError on Python 3.10
-        ),
-    ):
-        return EtcdUnavailable(endpoints, _describe(exc))
-    if isinstance(exc, aetcd.UnauthenticatedError):
-        return AuthenticationFailed(f"etcd at {', '.join(endpoints)}: {_describe(exc)}")
-    if isinstance(exc, aetcd.InvalidArgumentError) and "request is too large" in str(exc):
-        return _too_large(endpoints, _describe(exc), size, limit)
-    if isinstance(exc, aetcd.RevisionCompactedError):
-        return _etcd_error(endpoints, _describe(exc), retryable=True)
-    return _etcd_error(endpoints, _describe(exc))
-
-
-@contextmanager
-def map_errors(
-    endpoints: Sequence[str], *, size: int | None = None, limit: int | None = None
-) -> Iterator[None]:
-    """Turn aetcd and gRPC errors raised inside into aioelect's, chained (see :func:`classify`)."""
-    try:
-        yield
-    except (grpc.aio.AioRpcError, aetcd.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
-        raise classify(exc, endpoints, size=size, limit=limit) from exc
-    except asyncio.InvalidStateError as exc:  # a write to a stream that already ended
-        raise EtcdUnavailable(endpoints, "stream already closed") from exc
 
 
 class _Client(aetcd.Client):  # type: ignore[misc]
@@ -374,7 +72,8 @@ class _Client(aetcd.Client):  # type: ignore[misc]
     def __init__(
         self,
         *,
-        target: str,
+        endpoints: Sequence[Endpoint] = (),
+        target: str | None = None,
         tls: TLSConfig | None,
         username: str | None,
         password: str | None,
@@ -413,16 +112,20 @@ class _Client(aetcd.Client):  # type: ignore[misc]
             timeout=timeout,
             options=options,
         )
+        self._aioelect_endpoints = tuple(endpoints)
+        # Given, or known now unless host names must be resolved (blocking, so: on connect).
+        if target is None and not needs_resolving(endpoints):
+            target = grpc_target(endpoints)
         self._aioelect_target = target
         self._aioelect_tls = tls
 
     def _open_channel(self) -> grpc.aio.Channel:
+        target = self._aioelect_target
+        assert target is not None  # resolved by connect()
         options = list(self._options.items())
         if self._aioelect_tls is not None:
-            return grpc.aio.secure_channel(
-                self._aioelect_target, self._aioelect_tls.credentials(), options
-            )
-        return grpc.aio.insecure_channel(self._aioelect_target, options)
+            return grpc.aio.secure_channel(target, self._aioelect_tls.credentials(), options)
+        return grpc.aio.insecure_channel(target, options)
 
     def _use_channel(self, channel: grpc.aio.Channel) -> None:
         self.channel = channel
@@ -437,6 +140,10 @@ class _Client(aetcd.Client):  # type: ignore[misc]
     async def connect(self) -> None:
         if self._connected.is_set():
             return
+        if self._aioelect_target is None:  # resolve host names in a worker thread, once
+            self._aioelect_target = await anyio.to_thread.run_sync(
+                grpc_target, self._aioelect_endpoints
+            )
         channel = self._open_channel()
         self.channel = channel
         try:
@@ -456,6 +163,8 @@ class _Client(aetcd.Client):  # type: ignore[misc]
         pick_first stays on a member as long as its TCP connection and pings answer,
         even when that member sits in the minority of a partition.
         """
+        if self._aioelect_target is None:
+            return None
         kind, sep, addresses = self._aioelect_target.partition(":")
         items = addresses.split(",")
         if not self._connected.is_set() or kind not in ("ipv4", "ipv6") or len(items) < 2:
@@ -687,7 +396,7 @@ class Connection:
             )
         timeout = duration("timeout", timeout)
         client = _Client(
-            target=_grpc_target(eps),
+            endpoints=eps,
             tls=tls,
             username=username,
             password=password,
@@ -1046,131 +755,21 @@ class Connection:
         """Open a Watch stream (the watch is created on the first read)."""
         return WatchStream(self, key, range_end, start_revision)
 
-    # -- builders of raw protobuf compares and ops ---------------------------------
+    # -- builders of raw protobuf compares and ops (see :mod:`._ops`) ------------------
 
-    @staticmethod
-    def cmp_create(key: bytes, revision: int, op: str = "==") -> Any:
-        """A compare on a key's create revision (0 means the key does not exist)."""
-        result = {
-            "==": rpc.Compare.EQUAL,
-            "!=": rpc.Compare.NOT_EQUAL,
-            "<": rpc.Compare.LESS,
-            ">": rpc.Compare.GREATER,
-        }[op]
-        return rpc.Compare(
-            key=key, result=result, target=rpc.Compare.CREATE, create_revision=revision
-        )
-
-    @staticmethod
-    def op_put(key: bytes, value: bytes, lease: int = 0) -> Any:
-        """A put op."""
-        return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
-
-    @staticmethod
-    def op_get(key: bytes) -> Any:
-        """A get op of one key."""
-        return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
-
-    @staticmethod
-    def op_first(key: bytes, range_end: bytes) -> Any:
-        """A range op returning the key with the lowest create revision in the range."""
-        return rpc.RequestOp(
-            request_range=rpc.RangeRequest(
-                key=key,
-                range_end=range_end,
-                limit=1,
-                sort_target=rpc.RangeRequest.CREATE,
-                sort_order=rpc.RangeRequest.ASCEND,
-            )
-        )
-
-    @staticmethod
-    def op_created_before(key: bytes, range_end: bytes, create_revision: int) -> Any:
-        """A range op returning one key (name only) of the range created before
-        ``create_revision``, if there is one. (Not ``count_only``: etcd counts
-        before it filters by create revision.)"""
-        return rpc.RequestOp(
-            request_range=rpc.RangeRequest(
-                key=key,
-                range_end=range_end,
-                limit=1,
-                keys_only=True,
-                max_create_revision=create_revision - 1,
-            )
-        )
-
-    @staticmethod
-    def op_delete(key: bytes) -> Any:
-        """A delete op of one key."""
-        return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
-
-    @staticmethod
-    def txn_request(compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any]) -> Any:
-        """A nested transaction op."""
-        return rpc.RequestOp(
-            request_txn=rpc.TxnRequest(
-                compare=list(compare), success=list(success), failure=list(failure)
-            )
-        )
+    cmp_create = staticmethod(_ops.cmp_create)
+    op_put = staticmethod(_ops.op_put)
+    op_get = staticmethod(_ops.op_get)
+    op_first = staticmethod(_ops.op_first)
+    op_created_before = staticmethod(_ops.op_created_before)
+    op_delete = staticmethod(_ops.op_delete)
+    txn_request = staticmethod(_ops.txn_request)
+    user_compares = staticmethod(_ops.user_compares)
+    txn_results = staticmethod(_ops.txn_results)
 
     def user_ops(self, ops: object, field: str = "success") -> list[Any]:
-        """Turn aetcd transaction operations (``client.transactions.put`` ...) into raw ops.
-
-        Raises:
-            ConfigError: ``ops`` is not a sequence of aetcd operations (names ``field``).
-        """
-        if isinstance(ops, (str, bytes)) or not isinstance(ops, Sequence):
-            raise ConfigError(
-                field, f"must be a list of aetcd operations, not {type(ops).__name__}"
-            )
-        for op in ops:
-            if not isinstance(op, aetcd.OPERATIONS):
-                raise ConfigError(
-                    field,
-                    "each operation must be client.transactions.put/get/delete/txn(...), "
-                    f"not {type(op).__name__}",
-                )
-        try:
-            return list(self._client._ops_to_requests(list(ops)))
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise ConfigError(field, f"invalid operation: {exc}") from exc
-
-    @staticmethod
-    def user_compares(compares: object, field: str = "compare") -> list[Any]:
-        """Turn aetcd compares (``client.transactions.value(k) == v`` ...) into raw ones.
-
-        Raises:
-            ConfigError: ``compares`` is not a sequence of aetcd compares (names ``field``).
-        """
-        if isinstance(compares, (str, bytes)) or not isinstance(compares, Sequence):
-            raise ConfigError(
-                field, f"must be a list of aetcd compares, not {type(compares).__name__}"
-            )
-        out = []
-        for c in compares:
-            if not isinstance(c, aetcd.BaseCompare):
-                raise ConfigError(
-                    field,
-                    "each compare must be like client.transactions.value(key) == value, "
-                    f"not {type(c).__name__}",
-                )
-            try:
-                out.append(c.build_message())
-            except (TypeError, ValueError, AttributeError) as exc:
-                raise ConfigError(field, f"invalid compare: {exc}") from exc
-        return out
-
-    @staticmethod
-    def txn_results(resp: Any) -> tuple[bool, list[Any]]:
-        """Convert a (nested) TxnResponse the way ``aetcd.Client.transaction`` does."""
-        out: list[Any] = []
-        for r in resp.responses:
-            kind = r.WhichOneof("response")
-            if kind == "response_range":
-                out.append([(kv.value, aetcd.Get(resp.header, kv)) for kv in r.response_range.kvs])
-            else:
-                out.append(r)
-        return bool(resp.succeeded), out
+        """Turn aetcd transaction operations into raw ops (see :func:`._ops.user_ops`)."""
+        return _ops.user_ops(self._client, ops, field)
 
 
 def sleep_until(deadline: float) -> Any:

@@ -26,9 +26,10 @@ from ._config import (
     ElectorConfig,
     check_prefix,
 )
-from ._connection import Connection, TLSConfig
+from ._connection import Connection
 from ._core import Core, CoreOwner
 from ._embedded import EmbeddedEtcd
+from ._endpoints import TLSConfig
 from ._exceptions import ConfigError
 from ._healthgate import HealthCheck
 from ._hold import HoldBlock, ObserveBlock

@@ -16,7 +16,7 @@
         └── RequestTooLarge        a request over etcd's --max-request-bytes: never retried
 
 Errors of aetcd and gRPC are turned into these in one place
-(``aioelect._connection.map_errors``), chained with ``raise ... from``.
+(``aioelect._errors.map_errors``), chained with ``raise ... from``.
 Cancellation is never wrapped.
 
 Retryable errors (``EtcdUnavailable``; an ``EtcdError`` whose ``retryable``

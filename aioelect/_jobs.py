@@ -33,8 +33,9 @@ from typing import Any, Protocol, TypeVar, cast
 import anyio
 
 from ._core import find_core
+from ._errors import scope_cancellation_in_disguise
 from ._exceptions import ConfigError, LeadershipLost
-from ._term import Term, add_on_end, scope_cancellation_in_disguise
+from ._term import Term, add_on_end
 
 __all__ = ("LeaderOnly", "LeaderOnlyStatistics", "leader_only", "stop_jobs")
 

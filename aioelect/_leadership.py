@@ -54,6 +54,7 @@ from ._config import (
     value_limit,
 )
 from ._connection import KV
+from ._errors import scope_cancellation_in_disguise
 from ._exceptions import AioelectError, ConfigError, NotLeader
 from ._hold import ObserveBlock
 from ._lease import LeaderLease
@@ -65,7 +66,6 @@ from ._term import (
     drop_scope,
     ended,
     open_scope,
-    scope_cancellation_in_disguise,
     session_of,
     transfer_to,
 )

@@ -10,10 +10,7 @@ term that etcd no longer considers leader never lands.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,6 +20,7 @@ import anyio
 from ._backoff import Backoff
 from ._config import check_candidate_size, to_bytes, value_limit
 from ._connection import KV
+from ._errors import no_task_cancel
 from ._exceptions import EtcdError, NoSuchCandidate, NotLeader
 from ._few import Few, add, each, remove
 from ._keys import election_prefix, prefix_range_end, transfer_key
@@ -42,7 +40,6 @@ __all__ = (
     "hard_deadline",
     "on_renewed",
     "open_scope",
-    "scope_cancellation_in_disguise",
     "session_of",
     "transfer_to",
 )
@@ -470,37 +467,4 @@ def cancellation_was_ours(term: Term) -> bool:
     """
     if term._ended is None or term._ended == RESIGNED:
         return False
-    return _no_task_cancel()
-
-
-def scope_cancellation_in_disguise(scope: anyio.CancelScope) -> bool:
-    """Whether a CancelledError that escaped ``scope`` (already exited) is its own.
-
-    For a scope that bounds user code (e.g. ``on_stepped_down`` cut short at
-    the TTL): grpc.aio turns the scope's cancellation into a bare
-    CancelledError, which the scope lets through. It is the scope's own when
-    the scope was cancelled, no enclosing scope (up to a shield) is cancelled,
-    and nobody called ``Task.cancel()``. A cancelled enclosing scope hidden by
-    a shield is delivered again by anyio once the shield is left. Python 3.10
-    has no ``Task.cancelling()``: there a ``Task.cancel()`` landing in the
-    same instant as the scope's own cancellation cannot be told apart and is
-    taken for the scope's (as in :func:`cancellation_was_ours`).
-    """
-    if not scope.cancel_called or anyio.current_effective_deadline() == -math.inf:
-        return False
-    return _no_task_cancel()
-
-
-def _no_task_cancel() -> bool:
-    """Whether nobody called ``Task.cancel()`` on the current task (always True on
-    Python 3.10, which cannot tell).
-
-    On 3.10 a Task may still have ``cancelling()`` (e.g. the backport of
-    ``asyncio.Runner`` that pytest-asyncio uses makes such Tasks), but anyio
-    cancels its scopes with ``Task.cancel()`` there and only calls ``uncancel()``
-    on 3.11+: the count includes the scopes' own cancellations and means nothing.
-    """
-    if sys.version_info < (3, 11):
-        return True
-    task = asyncio.current_task()
-    return task is None or task.cancelling() == 0
+    return no_task_cancel()

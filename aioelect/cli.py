@@ -45,8 +45,8 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from . import __version__, _watchdog
 from ._config import check_name
-from ._connection import TLSConfig
 from ._elector import Elector
+from ._endpoints import TLSConfig
 from ._exceptions import (
     AioelectError,
     ConfigError,

@@ -4,15 +4,20 @@ closed, or not etcd."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
+import aioelect
 from aioelect import ConfigError, EtcdError, EtcdUnavailable, TLSConfig
-from aioelect._connection import Connection, Endpoint, parse_endpoints
+from aioelect._connection import Connection
 from aioelect._embedded import free_port
+from aioelect._endpoints import Endpoint, parse_endpoints
 from aioelect.testing import EtcdServer, FaultProxy
 
 TIMEOUT = 1.0  # request deadline of the clients here
@@ -126,11 +131,27 @@ def test_https_endpoint_turns_tls_on() -> None:
     assert conn.endpoint_names == ("https://h:1",)
 
 
-def test_unresolvable_host_in_a_list_is_config_error() -> None:
-    """With several endpoints, a host that does not resolve is a ConfigError naming it."""
+@pytest.mark.asyncio
+async def test_unresolvable_host_in_a_list_is_config_error_on_entry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With several endpoints, host names are resolved on entry in a worker thread, never in
+    the constructor; one that does not resolve is a ConfigError naming it, raised on entry."""
+    threads: list[threading.Thread] = []
+    real = socket.getaddrinfo
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", spy)
+    elector = aioelect.Elector(endpoints=["nonexistent.invalid:2379", "127.0.0.1:2379"])
+    assert threads == []  # nothing resolved (nor blocked) in the constructor
     with pytest.raises(ConfigError, match=r"nonexistent\.invalid") as info:
-        Connection.create(["nonexistent.invalid:2379", "127.0.0.1:2379"])
+        async with elector:
+            pass
     assert info.value.field == "endpoints"
+    assert threads and threading.main_thread() not in threads
 
 
 # -- endpoints that do not answer as etcd -------------------------------------------------

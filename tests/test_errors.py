@@ -31,7 +31,7 @@ from aioelect._config import (
     check_prefix,
     to_bytes,
 )
-from aioelect._connection import classify, map_errors
+from aioelect._errors import classify, map_errors
 
 EPS = ["127.0.0.1:2379"]
 MiB = 1024 * 1024
