@@ -1,4 +1,4 @@
-"""The connection layer: the only module that touches aetcd and its raw gRPC stubs.
+"""The transport: the one client over aetcd and its raw gRPC stubs, and its two streams.
 
 aetcd 1.0 has no TLS, one host:port only, no deadline unless asked, no
 keepalive pings, and range requests that ignore limit and sort. This module
@@ -6,6 +6,16 @@ builds an :class:`aetcd.Client` whose channel fixes the first four, and gives
 the rest of aioelect a small typed API (``range``, ``txn``, ``grant``,
 ``revoke``, a long-lived keepalive stream and a watch stream) over the raw
 stubs. Every aetcd and gRPC error is mapped to ours in :func:`map_errors`.
+
+Its neighbours hold the other ideas of the connection layer: endpoints and
+TLS (:mod:`._endpoints`), the error map and cancellation bridge
+(:mod:`._errors`), the protobuf op builders (:mod:`._ops`).
+
+Size: over 400 lines because the transport is one class (every request's
+path: in-flight bound, size check, deadline, error map, re-authentication,
+the fail-over away from a member without a raft leader and the retiring of
+its channel, paginated and retried ranges) and the two stream types it hands
+out; split further it would scatter one request path over modules.
 """
 
 from __future__ import annotations

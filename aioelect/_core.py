@@ -16,6 +16,11 @@ however many attempts) and loads the mirror; the background task then keeps
 the lease alive and re-grants a new one when it is lost. Closing ends every
 term, revokes the lease (deleting every key of this elector at once) and
 leaves no task behind.
+
+Size: over 400 lines because it gathers, on purpose, the state the facade
+and the election modules share (lifecycle, session re-grant loop, term and
+observer registry, statistics, leader() and candidates()); the session loop
+could move to :mod:`._session` later.
 """
 
 from __future__ import annotations
@@ -62,16 +67,21 @@ class Core:
     """What the elections of one Elector share (see the module docstring).
 
     Args:
-        conn: the connection (not yet connected; closed by :meth:`close`).
+        conn: the connection (not yet connected; closed by :meth:`close`), or
+            None with ``embedded``.
         config: the validated timing settings.
         prefix: the checked key prefix.
         embedded: an :class:`EmbeddedEtcd` to start on :meth:`open` (the
             connection is then made to it there) and to stop on :meth:`close`.
     """
 
+    conn: Connection
+    mirror: Mirror
+    batcher: Batcher
+
     def __init__(
         self,
-        conn: Connection,
+        conn: Connection | None,
         config: ElectorConfig,
         prefix: str,
         embedded: EmbeddedEtcd | None = None,
@@ -80,7 +90,12 @@ class Core:
         self.prefix = prefix
         self.root = (prefix + "/").encode()
         self.embedded = embedded
-        self._use(conn)
+        #: Whether conn, mirror and batcher exist (an embedded etcd's: from entry on).
+        self._wired = False
+        if conn is not None:
+            self._use(conn)
+        elif embedded is None:
+            raise ValueError("a Core needs a connection or an embedded etcd")
         #: "new", "opening", "open", "closing", "closed".
         self.state = "new"
         self.failure: BaseException | None = None
@@ -111,6 +126,21 @@ class Core:
         self.conn = conn
         self.mirror = Mirror(conn, self.root)
         self.batcher = Batcher(conn, barrier_key=self.root, mirror=self.mirror)
+        self._wired = True
+
+    def client(self) -> Any:
+        """The aetcd client.
+
+        Raises:
+            AioelectError: an embedded etcd's elector before its entry (no client yet).
+        """
+        if not self._wired:
+            raise AioelectError("the embedded etcd is not started: enter the Elector first")
+        return self.conn.client
+
+    def endpoint_names(self) -> tuple[str, ...]:
+        """The endpoints, as given (``("embedded",)`` before an embedded etcd started)."""
+        return self.conn.endpoint_names if self._wired else ("embedded",)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -243,9 +273,10 @@ class Core:
             if self._runner is not None:
                 await asyncio.wait([self._runner])
             self._tg = None
-            self.batcher.close()
             try:
-                await self.conn.close()
+                if self._wired:
+                    self.batcher.close()
+                    await self.conn.close()
             finally:
                 if self.embedded is not None:
                     await self.embedded.__aexit__(None, None, None)
@@ -472,7 +503,7 @@ class Core:
             terms_held=len(self._terms),
             terms_won=self._terms_won,
             terms_lost=self._terms_lost,
-            leader_changes=self.mirror.leader_changes,
+            leader_changes=self.mirror.leader_changes if self._wired else 0,
             sessions_granted=self._sessions_granted,
             sessions_lost=self._sessions_lost,
             keepalives=self._keepalives + (session.keepalives if live and session else 0),

@@ -102,7 +102,8 @@ class Elector(CoreOwner):
         password: str | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
-        self._config = ElectorConfig.build(
+        self._configure(
+            prefix=prefix,
             ttl=ttl,
             renew_deadline=renew_deadline,
             keepalive_interval=keepalive_interval,
@@ -110,7 +111,6 @@ class Elector(CoreOwner):
             connect_timeout=connect_timeout,
             max_request_bytes=max_request_bytes,
         )
-        self.prefix = check_prefix(prefix, self._config.max_request_bytes)
         timeout = self._config.request_timeout
         if client is not None:
             if endpoints is not None or tls is not None or username is not None:
@@ -139,6 +139,28 @@ class Elector(CoreOwner):
             )
         self._core = Core(conn, self._config, self.prefix)
 
+    def _configure(
+        self,
+        *,
+        prefix: str = "/aioelect",
+        ttl: Duration = 10,
+        renew_deadline: Duration | None = None,
+        keepalive_interval: Duration | None = None,
+        request_timeout: Duration | None = None,
+        connect_timeout: Duration = 10.0,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> None:
+        """Validate the settings every elector has (see the class docstring)."""
+        self._config = ElectorConfig.build(
+            ttl=ttl,
+            renew_deadline=renew_deadline,
+            keepalive_interval=keepalive_interval,
+            request_timeout=request_timeout,
+            connect_timeout=connect_timeout,
+            max_request_bytes=max_request_bytes,
+        )
+        self.prefix = check_prefix(prefix, self._config.max_request_bytes)
+
     @classmethod
     def embedded(
         cls,
@@ -162,8 +184,10 @@ class Elector(CoreOwner):
             heartbeat_interval=heartbeat_interval,
             election_timeout=election_timeout,
         )
-        self = cls(endpoints="127.0.0.1:1", **kwargs)  # replaced on entry
-        self._core.embedded = etcd
+        # No connection yet: the core makes it on entry, to the etcd it started.
+        self = cls.__new__(cls)
+        self._configure(**kwargs)
+        self._core = Core(None, self._config, self.prefix, embedded=etcd)
         return self
 
     # -- lifecycle -------------------------------------------------------------------
@@ -171,7 +195,7 @@ class Elector(CoreOwner):
     @property
     def client(self) -> Any:
         """The ``aetcd.Client`` the elector talks to etcd with."""
-        return self._core.conn.client
+        return self._core.client()
 
     @property
     def ttl(self) -> float:
@@ -482,5 +506,5 @@ class Elector(CoreOwner):
         return self._core.statistics()
 
     def __repr__(self) -> str:
-        eps = ",".join(self._core.conn.endpoint_names)
+        eps = ",".join(self._core.endpoint_names())
         return f"<Elector prefix={self.prefix!r} endpoints={eps!r} {self._core.state}>"

@@ -16,6 +16,10 @@ resumes a broken watch from an old revision: such a watch catches up from
 etcd's backend, where etcd #18089 could drop a delete.
 :meth:`Mirror.sync` waits until the mirror has reached a revision (asking etcd
 for a progress notification when nothing else moves it).
+
+Size: over 400 lines because it holds the per-election view (ordering,
+predecessor, listeners) beside the mirror that feeds it, and the waiters on
+revisions that both use; the resync diff is the pure :func:`resync_events`.
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ CMD ran (CMD's process group was stopped); 128+N when stopped by signal N
 before being elected; 0 without running CMD under ``--no-wait`` when another
 candidate was first. ``leader`` exits 1 when the election is vacant. 2 means bad usage,
 69 that etcd was unreachable.
+
+Size: over 400 lines because it is the argument parser and the handler of
+each subcommand, one idea (the command line) with the run wrapper's
+signal and watchdog handling.
 """
 
 from __future__ import annotations

@@ -13,9 +13,15 @@ pytestmark = pytest.mark.asyncio
 
 
 async def test_embedded_elector_runs_its_own_etcd() -> None:
-    """Elector.embedded() starts an etcd for its lifetime and stops it on exit."""
+    """Elector.embedded() connects to nothing before entry, starts an etcd for its lifetime
+    and stops it on exit."""
     elector = aioelect.Elector.embedded(ttl=1, election_timeout=0.1, heartbeat_interval=0.01)
+    # Nothing is built before entry: no connection to a placeholder address.
+    assert "endpoints='embedded'" in repr(elector)
+    with pytest.raises(aioelect.AioelectError, match="not started"):
+        _ = elector.client
     async with elector:
+        assert elector.client is core_of(elector).conn.client
         async with elector.hold("job", "solo") as term:
             assert term.is_valid
             leader = await elector.leader("job")
