@@ -82,7 +82,8 @@ def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    # No import of a layer above, not even for type hints; no cycle (docs/architecture.md).
+    # No import of a layer above, not even for type hints, and no cycle
+    # (docs/explanation/architecture.md).
     session.run("python", "scripts/import_graph.py", "--check")
 
 

@@ -11,7 +11,7 @@ of more than one module). It reads the source with ``ast`` and imports
 nothing, so it runs without the package's dependencies.
 
 ``--check`` also checks the layer contract (:data:`LAYERS`, top to bottom;
-docs/architecture.md explains it): a module imports only modules of its own
+docs/explanation/architecture.md explains it): a module imports only modules of its own
 layer or of the layers below, never one above (not even for type hints),
 every module is in exactly one layer, and there is no cycle. It exits 1 on
 a violation. ``nox -s lint`` and ``tests/test_layers.py`` run it.

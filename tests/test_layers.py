@@ -1,4 +1,4 @@
-"""The layer contract of aioelect's modules (scripts/import_graph.py, docs/architecture.md)."""
+"""The layer contract of aioelect's modules (scripts/import_graph.py; docs/explanation)."""
 
 from __future__ import annotations
 
