@@ -493,10 +493,6 @@ class Elector(CoreOwner):
         """
         return ObserveBlock(self._core, name)
 
-    def _callback_error_counts(self) -> dict[tuple[str, str], int]:
-        """Callback errors by (election, callback) (a copy: scrapes may run in a thread)."""
-        return self._core.callback_error_counts()
-
     def terms(self) -> list[Term]:
         """The terms this elector holds now (valid or about to be noticed as ended)."""
         return cast("list[Term]", self._core.terms())

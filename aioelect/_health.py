@@ -12,6 +12,8 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from ._leadership import run_state
+
 if TYPE_CHECKING:
     from ._callbacks import Failure
     from ._elector import Elector
@@ -141,9 +143,8 @@ def _error(failure: Failure | None, now: float) -> ErrorHealth | None:
 
 def _leadership_health(leadership: Leadership, now: float) -> LeadershipHealth:
     term = leadership.term
-    running = leadership._running
-    retry_at = leadership._retry_at
-    state = leadership._state
+    run = run_state(leadership)
+    running, retry_at, state = run.running, run.retry_at, run.state
     if running and retry_at is not None:
         state = "backing_off"
     return LeadershipHealth(
@@ -156,8 +157,8 @@ def _leadership_health(leadership: Leadership, now: float) -> LeadershipHealth:
         token=term.token if term is not None else None,
         expires_in=round(term.expires_in(), 3) if term is not None else None,
         retry_in=round(max(0.0, retry_at - now), 3) if retry_at is not None else None,
-        callback_errors=leadership._callbacks.errors,
-        last_error=_error(leadership._callbacks.last_error, now),
+        callback_errors=run.callback_errors,
+        last_error=_error(run.last_error, now),
         priority=leadership.priority,
         healthy=leadership.healthy,
     )

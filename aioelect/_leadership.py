@@ -41,12 +41,19 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 
 from ._backoff import Backoff
-from ._callbacks import ERROR_BACKOFF, Callbacks, OnElected, OnLeaderChange, OnSteppedDown
+from ._callbacks import (
+    ERROR_BACKOFF,
+    Callbacks,
+    Failure,
+    OnElected,
+    OnLeaderChange,
+    OnSteppedDown,
+)
 from ._campaign import campaign as run_campaign
 from ._candidacy import Candidacy
 from ._config import (
@@ -80,7 +87,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 if TYPE_CHECKING:
     from ._core import Core, Reservation
 
-__all__ = ("Leadership",)
+__all__ = ("Leadership", "RunState", "run_state")
 
 log = logging.getLogger("aioelect")
 
@@ -595,3 +602,29 @@ class Leadership:
         if not self._campaign:
             state = "OBSERVER"
         return f"<Leadership {self.name!r} {state}>"
+
+
+class RunState(NamedTuple):
+    """What :func:`aioelect.health` reports of a Leadership's ``run()`` (see :func:`run_state`)."""
+
+    #: Whether run() is running.
+    running: bool
+    #: "new", "running", "stopped" or "failed".
+    state: str
+    #: The monotonic instant a back-off after an error ends, or None.
+    retry_at: float | None
+    #: Callback errors so far, and the last one.
+    callback_errors: int
+    last_error: Failure | None
+
+
+def run_state(leadership: Leadership) -> RunState:
+    """The state of ``leadership``'s run() (the package's API for :mod:`._health`)."""
+    callbacks = leadership._callbacks
+    return RunState(
+        leadership._running,
+        leadership._state,
+        leadership._retry_at,
+        callbacks.errors,
+        callbacks.last_error,
+    )

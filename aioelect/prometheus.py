@@ -195,7 +195,7 @@ class ElectorCollector(Collector):
         f["unhealthy_candidates"].add_metric(prefix, stats.unhealthy_candidates)
         f["session_live"].add_metric(prefix, 1.0 if stats.lease_id is not None else 0.0)
         f["lease_expires_in_seconds"].add_metric(prefix, stats.lease_expires_in or 0.0)
-        for (election, callback), count in sorted(elector._callback_error_counts().items()):
+        for (election, callback), count in sorted(core_of(elector).callback_error_counts().items()):
             f["callback_errors"].add_metric([*prefix, election, callback], count)
         for group in running_groups(core_of(elector)):
             shard_stats = group.statistics()

@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
 import anyio
-from aetcd import rpc
 
 import aioelect
 from aioelect._connection import KV, Connection
@@ -26,8 +25,7 @@ async def keys_under(conn: Connection, prefix: str | bytes) -> list[KV]:
 
 async def live_leases(conn: Connection) -> set[int]:
     """The ids of every lease etcd holds."""
-    resp = await conn._unary(conn.client.leasestub.LeaseLeases, rpc.LeaseLeasesRequest(), None)
-    return {int(lease.ID) for lease in resp.leases}
+    return set(await conn.leases())
 
 
 class _Poll:
