@@ -1,11 +1,17 @@
 """The Elector: one connection, one session lease, one watch, many elections.
 
+A thin facade: it validates its arguments and owns one :class:`~._core.Core`,
+which holds the connection, the session lease, the mirror and the terms.
 Entering an elector grants its session lease and starts, in one anyio
-TaskGroup that the elector owns, the keepalive (re-granting the session when
+TaskGroup that the core owns, the keepalive (re-granting the session when
 it is lost) and the watch that mirrors every election under the prefix.
 Campaigns run in the callers' tasks; they wait on the mirror, never on a
 watch of their own. Exiting ends every term, revokes the lease (deleting
 every key of this elector at once) and leaves no task behind.
+
+Size: over 400 lines only by the documented signatures of its public
+methods (``hold``, ``leadership``, ``shards`` take many keyword options);
+the logic is in the core and the blocks.
 """
 
 from __future__ import annotations
