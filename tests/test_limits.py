@@ -187,6 +187,55 @@ async def test_a_resync_of_a_prefix_over_4_mib_after_a_broken_watch(
         await raw.txn([], [raw.op_delete(k) for k in keys + keys_elsewhere])
 
 
+async def _fill_elections(raw: Connection, prefix: str, n: int, size: int) -> list[bytes]:
+    """One candidate key in each of ``n`` elections ``e{i}``, values of ``size`` bytes
+    (written 100 keys per transaction)."""
+    keys = [f"{prefix}/e{i:05d}/1".encode() for i in range(n)]
+    for at in range(0, n, 100):
+        await raw.txn([], [raw.op_put(k, b"v" * size) for k in keys[at : at + 100]])
+    return keys
+
+
+async def test_ten_thousand_elections_of_1_kib_enter_and_resync(
+    fault_proxy: FaultProxy, make_elector: ElectorFactory, raw: Connection, etcd_prefix: str
+) -> None:
+    """10,000 elections with 1 KiB values (about 10 MiB under the prefix): a new Elector
+    enters (its mirror reads them in pages), sees every one, and after its watch broke
+    while keys changed, resyncs to match etcd again."""
+    n = 10_000
+    keys = await _fill_elections(raw, etcd_prefix, n, 1024)
+    try:
+        elector = await make_elector(endpoints=[fault_proxy.endpoint], ttl=10)
+        mirror = core_of(elector).mirror
+        names = [f"e{i:05d}" for i in range(n)]
+        assert all(
+            list(mirror.view(name).kvs) == [key] for name, key in zip(names, keys, strict=True)
+        )
+        leader = await elector.leader(names[-1])
+        assert leader is not None and leader.key == keys[-1] and len(leader.value) == 1024
+        resyncs = mirror.resyncs
+        fault_proxy.blackhole()
+        fault_proxy.reset()
+        await raw.txn([], [raw.op_delete(keys[0])])
+        await raw.txn([], [raw.op_put(keys[1], b"w" * 1024)])
+        fault_proxy.heal()
+
+        async def resynced() -> bool:
+            return mirror.resyncs > resyncs
+
+        await eventually(resynced, timeout=30, what="a resync")
+        assert not mirror.view(names[0]).kvs
+        assert mirror.view(names[1]).kvs[keys[1]].value == b"w" * 1024
+        assert all(
+            list(mirror.view(name).kvs) == [key]
+            for name, key in zip(names[2:], keys[2:], strict=True)
+        )
+        assert await elector.leader(names[0]) is None
+    finally:
+        for at in range(0, n, 100):
+            await raw.txn([], [raw.op_delete(k) for k in keys[at : at + 100]])
+
+
 async def test_range_all_pages_form_one_snapshot(raw: Connection, etcd_prefix: str) -> None:
     """range_all reads in pages at the first page's revision: a key written between two
     pages is not in the result, and every key is read once."""
