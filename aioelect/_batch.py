@@ -13,10 +13,8 @@ loop and sends them as a few transactions of up to ``max_ops`` operations:
   compares require every key to be absent; if any exists, the whole batch
   fails and its callers are told to fall back to their own transaction
   (rare: it needs a key left by an earlier, timed-out attempt). With a
-  ``mirror``, the callers are answered once the mirror has seen the batch's
-  revision: one wait per batch instead of one per caller.
-- ``barrier()``: a linearizable barrier, then (with a ``mirror``) the mirror
-  catching up to it. The callers of one loop turn share one read and one wait.
+  ``seen`` hook (the mirror's), the callers are answered once the mirror has
+  seen the batch's keys: one wait per batch instead of one per caller.
 
 A lone read is sent at once from its caller's task (no added latency on a
 handover); the reads that come while it is in flight form the next batch.
@@ -29,21 +27,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 
 from ._connection import Connection
 from ._exceptions import ElectorClosed, EtcdError, RequestTooLarge
 
-if TYPE_CHECKING:
-    from ._mirror import Mirror
-
 __all__ = ("Batcher",)
 
 log = logging.getLogger("aioelect")
+
+
+class Seen(Protocol):
+    """``seen(keys, revision, callback)``: call ``callback(exc or None)`` once the
+    keys' views have applied ``revision``; False (no call) if they have already."""
+
+    def __call__(
+        self, keys: list[bytes], revision: int, callback: Callable[[BaseException | None], None]
+    ) -> bool: ...
+
 
 #: etcd's default --max-txn-ops.
 MAX_OPS = 128
@@ -89,18 +94,16 @@ class Batcher:
         conn: Connection,
         max_ops: int = MAX_OPS,
         barrier_key: bytes = b"\0",
-        mirror: Mirror | None = None,
+        seen: Seen | None = None,
     ) -> None:
         self._conn = conn
-        self._mirror = mirror
+        self._seen = seen
         # etcd answers a Txn without operations serializably (from the member's own
         # state): a batch of reads that carries no operation gets this one get.
         self._barrier = [conn.op_get(barrier_key)]
         self.max_ops = max_ops
         self._reads: list[_Pending] = []
         self._creates: list[_Pending] = []
-        # The callers of the barrier read not yet sent (None: no such read).
-        self._barriers: list[asyncio.Future[None]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._reading = 0  # read requests in flight
         #: Transactions sent, and requests they carried (for statistics).
@@ -132,38 +135,6 @@ class Batcher:
             loop.call_soon(self._flush_reads)
         self._reads.append(entry)
         return entry
-
-    def barrier(self) -> Awaitable[None]:
-        """Wait for a linearizable barrier (etcd's revision as of now), then for the
-        mirror to reach that revision. Cancelling leaves nothing behind.
-
-        Not a coroutine (one object less per caller): returns what to await.
-        """
-        if self._barriers is None and not self._reads and not self._reading:
-            return self._barrier_alone()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._barriers is None:
-            group = self._barriers = [future]
-            self._enqueue_read(()).future.add_done_callback(partial(self._barrier_read, group))
-        else:
-            self._barriers.append(future)
-        return future
-
-    async def _barrier_alone(self) -> None:
-        revision, _ = await self.read(())  # sent at once, from this task
-        if self._mirror is not None:
-            await self._mirror.sync(revision)
-
-    def _barrier_read(self, group: list[asyncio.Future[None]], read: asyncio.Future[Any]) -> None:
-        if read.cancelled():
-            _settled(group, ElectorClosed("the elector was closed"))
-        elif read.exception() is not None:
-            _settled(group, read.exception())
-        else:
-            revision: int = read.result()[0]
-            mirror = self._mirror
-            if mirror is None or not mirror.when_synced(revision, partial(_settled, group)):
-                _settled(group, None)
 
     def create(self, key: bytes, value: bytes, lease: int) -> _Pending:
         """Put ``key`` if it does not exist; await the result for its create revision.
@@ -201,7 +172,6 @@ class Batcher:
         _fail(self._reads + self._creates, ElectorClosed("the elector was closed"))
         self._reads.clear()
         self._creates.clear()
-        self._barriers = None
         for task in self._tasks:
             task.cancel()
 
@@ -243,7 +213,6 @@ class Batcher:
 
     def _flush_reads(self) -> None:
         entries, self._reads = self._reads, []
-        self._barriers = None  # the barrier read goes now: later callers need a new one
         for chunk in self._chunks(entries, by_ops=True):
             self._spawn(chunk, self._send_reads(chunk))
 
@@ -289,8 +258,10 @@ class Batcher:
         for entry in chunk:
             entry.token = revision
         # With a mirror, answer once it has seen the keys (one wait for the whole batch).
-        mirror = self._mirror
-        if mirror is None or not mirror.when_seen(revision, lambda exc: _created(chunk, exc)):
+        seen = self._seen
+        if seen is None or not seen(
+            [e.key for e in chunk], revision, lambda exc: _created(chunk, exc)
+        ):
             _created(chunk, None)
 
     def _failed(
@@ -327,11 +298,6 @@ def _answer(future: asyncio.Future[Any], exc: BaseException | None, result: Any 
 def _created(chunk: list[_Pending], exc: BaseException | None) -> None:
     for entry in chunk:
         _answer(entry.future, exc, entry.token)
-
-
-def _settled(group: list[asyncio.Future[None]], exc: BaseException | None) -> None:
-    for future in group:
-        _answer(future, exc)
 
 
 def _cancelled_early(chunk: list[_Pending], task: asyncio.Task[None]) -> None:

@@ -11,7 +11,7 @@
 3. With no predecessor left, win only if the mirror shows our key alive with
    our token in the same revision in which the last predecessor is gone: no
    phantom win on a key that vanished (etcd #11051), e.g. deleted together
-   with its predecessor. The mirror is one ordered prefix watch (or a range
+   with its predecessor. The mirror is the election's ordered watch (or a range
    read after a resync), so that is a consistent snapshot of the election at
    that revision, and no read is needed: no later key can get a lower create
    revision, and a later loss of our key reaches us like any leader's, within
@@ -155,11 +155,23 @@ async def campaign(
     A candidate whose requests would be over ``max_request_bytes`` raises
     ConfigError before any I/O.
     """
-    conn = core.conn
     # Refused before any I/O: a request etcd must refuse would fail every retry.
     check_candidate_size(core.prefix, name, value, core.config.max_request_bytes)
     mirror = core.mirror
-    view = mirror.view(name)
+    view = mirror.use(name)  # watched while the campaign runs (the term uses it too)
+    try:
+        return await _campaign(core, view, value, wait, reclaim_stale)
+    finally:
+        mirror.unuse(view)
+
+
+async def _campaign(
+    core: Core, view: ElectionView, value: bytes, wait: bool, reclaim_stale: bool
+) -> Term:
+    conn = core.conn
+    mirror = core.mirror
+    name = view.name
+    await mirror.ready(view)
     backoff: Backoff | None = None  # made on the first error
     # The mirror's epoch from before the create of the key we hold now (kept while a
     # retry reuses that key): a watch restart since then makes the win confirm.
@@ -173,7 +185,7 @@ async def campaign(
             try:
                 if reclaim_stale:
                     await _reclaim(core, name, value, session.lease_id)
-                epoch = mirror.epoch
+                epoch = view.epoch
                 pending = core.batcher.create(key, value, session.lease_id)
                 token = await pending
                 pending = None
@@ -271,10 +283,10 @@ async def _wait_turn(
     conn = core.conn
     mirror = core.mirror
     # (A batched create answers once the mirror has seen it: no wait here.)
-    if mirror.seen_revision < token and not await _see_own_key(core, session, view, key, token):
+    if view.seen < token and not await _see_own_key(core, session, view, key, token):
         return None
     while True:
-        step = next_step(view, key, token, epoch, mirror.epoch, session_state(session), wait)
+        step = next_step(view, key, token, epoch, view.epoch, session_state(session), wait)
         action = step.action
         if action == GONE:
             own = view.kvs.get(key)
@@ -289,7 +301,7 @@ async def _wait_turn(
             # The watch restarted meanwhile: confirm with one linearizable read that
             # our key lives with our token and that no key was created before it.
             log.debug("campaign for %r: the watch restarted meanwhile: confirming", view.name)
-            before = mirror.epoch
+            before = view.epoch
             eprefix = election_prefix(core.prefix, view.name)
             before_us = conn.op_created_before(eprefix, prefix_range_end(eprefix), token)
             revision, (mine, ahead) = await core.batcher.read([conn.op_get(key), before_us])
@@ -300,7 +312,7 @@ async def _wait_turn(
             if not ahead.response_range.kvs:
                 epoch = before  # confirmed: re-check the mirror, and win if it agrees
             else:  # a predecessor the mirror does not show yet: let it catch up
-                await mirror.sync(revision)
+                await mirror.sync(view, revision)
                 if view.predecessor(token, key) is None:  # still not: pace the reads
                     await anyio.sleep(0.05)
             continue
@@ -346,7 +358,7 @@ async def _see_own_key(
     compaction resync (a range read) also counts. Returns False when our key
     is gone by then (deleted, or its lease expired), or the session is lost.
     """
-    future = core.mirror.seen_future(token)
+    future = core.mirror.seen_future(view, token)
     if future is not None:
 
         def lost(_reason: str) -> None:

@@ -224,9 +224,11 @@ _PUT = rpc.Event.PUT
 class WatchBatch:
     """One response of a watch stream.
 
-    ``events`` are ``(is_put, kv)`` pairs in revision order; ``revision`` is
-    the store revision the response was sent at (progress); a non-zero
-    ``compact_revision`` means the start revision was compacted.
+    ``watch_id`` is the watch it belongs to (-1: the whole stream, e.g. a
+    progress notification it was asked for); ``events`` are ``(is_put, kv)``
+    pairs in revision order; ``revision`` is the store revision the response
+    was sent at (progress); a non-zero ``compact_revision`` means the start
+    revision was compacted.
     """
 
     events: list[tuple[bool, KV]]
@@ -234,6 +236,7 @@ class WatchBatch:
     compact_revision: int
     canceled: bool
     created: bool
+    watch_id: int = 0
 
 
 class KeepAliveStream:
@@ -261,34 +264,72 @@ class KeepAliveStream:
 
 
 class WatchStream:
-    """One Watch stream over a key range, with progress requests."""
+    """One Watch stream: any number of watches multiplexed on one gRPC call.
 
-    def __init__(self, conn: Connection, key: bytes, range_end: bytes, start_revision: int) -> None:
+    Watches are created with ids chosen here (:meth:`create`), so that creates
+    can be written back to back without waiting for their answers; every
+    response says which watch it is for (:attr:`WatchBatch.watch_id`). Given
+    a ``key`` at construction, the first :meth:`read` creates that one watch
+    (id 0) first.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        key: bytes | None = None,
+        range_end: bytes = b"",
+        start_revision: int = 0,
+    ) -> None:
         self._conn = conn
         self._channel = conn._stream_opened()
         self._call: Any = rpc.WatchStub(conn._client.channel).Watch(metadata=conn.metadata)
-        self._create = rpc.WatchRequest(
-            create_request=rpc.WatchCreateRequest(
-                key=key, range_end=range_end, start_revision=start_revision, progress_notify=True
-            )
-        )
-        self._started = False
+        self._first: Any = None
+        if key is not None:
+            self._first = self._create_request(0, key, range_end, start_revision, True)
         # grpc.aio allows one write in flight per stream (a second one fails with
         # INTERNAL and kills the stream); writes are also shielded, since a write
         # cancelled half-way cancels the whole call.
         self._write_lock = anyio.Lock()
 
+    @staticmethod
+    def _create_request(
+        watch_id: int, key: bytes, range_end: bytes, start_revision: int, progress: bool
+    ) -> Any:
+        return rpc.WatchRequest(
+            create_request=rpc.WatchCreateRequest(
+                key=key,
+                range_end=range_end,
+                start_revision=start_revision,
+                progress_notify=progress,
+                watch_id=watch_id,
+            )
+        )
+
     async def _write(self, request: Any) -> None:
-        async with self._write_lock:
-            with anyio.CancelScope(shield=True):
-                await grpc_await(self._call.write(request))
+        with self._conn.mapped_errors():
+            async with self._write_lock:
+                with anyio.CancelScope(shield=True):
+                    await grpc_await(self._call.write(request))
+
+    async def create(
+        self, watch_id: int, key: bytes, range_end: bytes, start_revision: int
+    ) -> None:
+        """Create watch ``watch_id`` (> 0, unused on this stream) of ``[key, range_end)``
+        from ``start_revision``; its answers come through :meth:`read`."""
+        await self._write(self._create_request(watch_id, key, range_end, start_revision, False))
+
+    async def cancel(self, watch_id: int) -> None:
+        """Cancel watch ``watch_id`` (events of it may still arrive before the answer)."""
+        await self._write(
+            rpc.WatchRequest(cancel_request=rpc.WatchCancelRequest(watch_id=watch_id))
+        )
 
     async def read(self) -> WatchBatch:
-        """Wait for the next response (the first call also creates the watch)."""
+        """Wait for the next response of any watch of the stream."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            await self._write(first)
         with self._conn.mapped_errors():
-            if not self._started:
-                self._started = True
-                await self._write(self._create)
             resp = await grpc_await(self._call.read())
         if resp is _EOF:
             raise EtcdUnavailable(self._conn.endpoint_names, "watch stream closed by etcd")
@@ -307,17 +348,18 @@ class WatchStream:
             compact_revision=int(resp.compact_revision),
             canceled=bool(resp.canceled),
             created=bool(resp.created),
+            watch_id=int(resp.watch_id),
         )
 
     async def request_progress(self) -> None:
-        """Ask etcd to report the stream's current revision."""
-        with self._conn.mapped_errors():
-            await self._write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+        """Ask etcd to report the stream's current revision (a response of watch -1)."""
+        await self._write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
 
     def close(self) -> None:
         """Cancel the stream."""
         self._call.cancel()
-        self._conn._stream_closed(self._channel)
+        if self._channel is not None:
+            self._conn._stream_closed(self._channel)
         self._channel = None
 
 
@@ -761,8 +803,10 @@ class Connection:
         """Open a LeaseKeepAlive stream."""
         return KeepAliveStream(self)
 
-    def watch_stream(self, key: bytes, range_end: bytes, start_revision: int) -> WatchStream:
-        """Open a Watch stream (the watch is created on the first read)."""
+    def watch_stream(
+        self, key: bytes | None = None, range_end: bytes = b"", start_revision: int = 0
+    ) -> WatchStream:
+        """Open a Watch stream; with ``key``, its first read creates that watch (id 0)."""
         return WatchStream(self, key, range_end, start_revision)
 
     # -- builders of raw protobuf compares and ops (see :mod:`._ops`) ------------------
@@ -770,6 +814,7 @@ class Connection:
     cmp_create = staticmethod(_ops.cmp_create)
     op_put = staticmethod(_ops.op_put)
     op_get = staticmethod(_ops.op_get)
+    op_range = staticmethod(_ops.op_range)
     op_first = staticmethod(_ops.op_first)
     op_created_before = staticmethod(_ops.op_created_before)
     op_delete = staticmethod(_ops.op_delete)

@@ -2,7 +2,7 @@
 
 Theory of operation: a :class:`Core` owns what every election of one
 :class:`~aioelect.Elector` shares: the connection, the session lease and its
-re-grant loop, the mirror of the prefix (one watch), the batcher, the
+re-grant loop, the mirror of the elections in use (one watch stream), the batcher, the
 validated config, the registry of terms and observers, and the TaskGroup of
 the background work (run by a task of the core's own, so that entering and
 exiting may happen in different tasks). The election modules above it
@@ -12,7 +12,8 @@ a thin facade that owns one Core. Etcd's Go recipe is laid out alike: an
 ``Election`` holds a ``*Session``.
 
 Opening grants the session lease (always the same id, retried: one lease
-however many attempts) and loads the mirror; the background task then keeps
+however many attempts) and checks that the prefix can be read; the mirror
+reads each election when it is first used. The background task keeps
 the lease alive and re-grants a new one when it is lost. Closing ends every
 term, revokes the lease (deleting every key of this elector at once) and
 leaves no task behind.
@@ -125,7 +126,7 @@ class Core:
     def _use(self, conn: Connection) -> None:
         self.conn = conn
         self.mirror = Mirror(conn, self.root)
-        self.batcher = Batcher(conn, barrier_key=self.root, mirror=self.mirror)
+        self.batcher = Batcher(conn, barrier_key=self.root, seen=self.mirror.when_keys_seen)
         self._wired = True
 
     def client(self) -> Any:
@@ -178,7 +179,8 @@ class Core:
         self.state = "open"
 
     async def _connect(self) -> None:
-        """Connect, grant the session lease, load the mirror; retry what a retry can fix.
+        """Connect, grant the session lease, check the prefix is readable; retry what a
+        retry can fix.
 
         Every attempt grants the SAME lease id (one lease however many attempts),
         and a failed or cancelled entry revokes it (``_teardown``): no lease is
@@ -189,13 +191,18 @@ class Core:
         deadline = time.monotonic() + cfg.connect_timeout
         backoff = Backoff(initial=0.05, cap=1.0)
         last: EtcdError | None = None
+        readable = False
         with anyio.move_on_after(cfg.connect_timeout):
             while True:
                 try:
                     await self.conn.connect()
                     if self.session is None:
                         await self._grant()
-                    await self.mirror.load()
+                    # One key's name: the prefix can be read (permissions), whatever it holds.
+                    await self.conn.range(
+                        self.root, prefix_range_end(self.root), limit=1, keys_only=True
+                    )
+                    readable = True
                     break
                 except EtcdError as exc:
                     if not exc.retryable:
@@ -203,7 +210,7 @@ class Core:
                     last = exc
                     log.debug("connecting to etcd: %s", exc)
                     await anyio.sleep(min(backoff.next(), max(0.0, deadline - time.monotonic())))
-        if self.session is None or self.mirror.revision == 0:
+        if self.session is None or not readable:
             if isinstance(last, EtcdUnavailable):
                 cause = last.cause
             else:

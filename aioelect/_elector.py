@@ -1,10 +1,10 @@
-"""The Elector: one connection, one session lease, one watch, many elections.
+"""The Elector: one connection, one session lease, one watch stream, many elections.
 
 A thin facade: it validates its arguments and owns one :class:`~._core.Core`,
 which holds the connection, the session lease, the mirror and the terms.
 Entering an elector grants its session lease and starts, in one anyio
 TaskGroup that the core owns, the keepalive (re-granting the session when
-it is lost) and the watch that mirrors every election under the prefix.
+it is lost) and the watch stream that mirrors the elections in use.
 Campaigns run in the callers' tasks; they wait on the mirror, never on a
 watch of their own. Exiting ends every term, revokes the lease (deleting
 every key of this elector at once) and leaves no task behind.
@@ -493,7 +493,7 @@ class Elector(CoreOwner):
 
         The iterator yields the current leader first, then every change: a
         new leader, a proclaimed value, a vacancy (None). It is fed from the
-        elector's one watch, so it survives compaction and etcd restarts, and
+        elector's watch stream, so it survives compaction and etcd restarts, and
         it ends when the elector closes. Changes queue up while you do not
         iterate.
         """

@@ -19,7 +19,7 @@ from ._candidacy import Candidacy
 from ._config import check_candidate_size, check_name, to_bytes, value_limit
 from ._connection import KV
 from ._exceptions import AioelectError, ConfigError, LeadershipLost
-from ._mirror import leader_info
+from ._mirror import ElectionView, leader_info
 from ._observe import Observer
 from ._preference import PreferenceOptions, preempted_reason
 from ._term import (
@@ -225,7 +225,7 @@ class ObserveBlock(Observer):
     The block is its own iterator (one object per observer instead of two).
     """
 
-    __slots__ = ("_core", "_in_use", "_name")
+    __slots__ = ("_core", "_in_use", "_name", "_view")
 
     def __init__(self, core: Core, name: str) -> None:
         super().__init__()
@@ -233,6 +233,7 @@ class ObserveBlock(Observer):
         self._core = core
         self._name = name
         self._in_use = False
+        self._view: ElectionView | None = None
 
     async def __aenter__(self) -> Observer:
         core = self._core
@@ -241,14 +242,20 @@ class ObserveBlock(Observer):
         core.check_usable()
         name = self._name = check_name(self._name)
         self._in_use = True
+        mirror = core.mirror
+        view = mirror.use(name)
         try:
-            await core.batcher.barrier()  # the mirror is as current as a linearizable read
+            if not await mirror.ready(view):
+                # Watched already: make the view as current as a linearizable read.
+                revision, _ = await core.batcher.read(())
+                await mirror.sync(view, revision)
             core.check_usable()  # closed meanwhile: do not register after the teardown
         except BaseException:
+            mirror.unuse(view)
             self._in_use = False
             raise
         self._reset()
-        view = core.mirror.view(name)
+        self._view = view
         view.listen_leader(self)
         core.add_observer(self)
         self.leader_changed(leader_info(name, view.leader()))
@@ -261,9 +268,10 @@ class ObserveBlock(Observer):
         tb: TracebackType | None,
     ) -> None:
         core = self._core
-        view = core.mirror.views.get(self._name)
+        view, self._view = self._view, None
         if view is not None:
             view.unlisten_leader(self)
+            core.mirror.unuse(view)
         core.discard_observer(self)
         self.close()
         self._in_use = False

@@ -23,6 +23,7 @@ __all__ = (
     "op_first",
     "op_get",
     "op_put",
+    "op_range",
     "txn_request",
     "txn_results",
     "user_compares",
@@ -49,6 +50,11 @@ def op_put(key: bytes, value: bytes, lease: int = 0) -> Any:
 def op_get(key: bytes) -> Any:
     """A get op of one key."""
     return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
+
+
+def op_range(key: bytes, range_end: bytes, limit: int = 0) -> Any:
+    """A range op of ``[key, range_end)``, at most ``limit`` keys (0: all)."""
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=key, range_end=range_end, limit=limit))
 
 
 def op_first(key: bytes, range_end: bytes) -> Any:

@@ -257,9 +257,12 @@ class ShardGroup:
         if taken:
             raise ConfigError("group", f"this Elector already uses election {taken[0]!r}")
         reservations: list[Reservation] = [core.reserve(n) for n in mine]
+        views = [core.mirror.use(n) for n in mine]  # watched while the group runs
         self._state = "running"
         _running.add(self)
         try:
+            for view in views:
+                await core.mirror.ready(view)
             async with anyio.create_task_group() as tg:
                 register_scope = anyio.CancelScope()
                 tg.start_soon(self._register, register_scope)
@@ -273,6 +276,8 @@ class ShardGroup:
             _running.discard(self)
             for reservation in reservations:
                 reservation.release()
+            for view in views:
+                core.mirror.unuse(view)
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout()):
                 await self._unregister()
             for send in self._streams:
@@ -593,10 +598,7 @@ class ShardGroup:
 
 def _next_change(mirror: Mirror) -> anyio.Event:
     """An event set when the mirror applies its next change (or stops)."""
-    event = anyio.Event()
-    if not mirror.when_seen(mirror.seen_revision + 1, _setter(event)):
-        event.set()
-    return event
+    return mirror.next_change()
 
 
 def _setter(event: anyio.Event) -> Callable[[object], None]:

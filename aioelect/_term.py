@@ -31,6 +31,7 @@ from ._keys import election_prefix, prefix_range_end, transfer_key
 if TYPE_CHECKING:
     from ._core import Core
     from ._session import Session
+    from ._view import ElectionView
 
 __all__ = (
     "RESIGNED",
@@ -67,7 +68,6 @@ class Term:
 
     __slots__ = (
         "__weakref__",
-        "_attached",
         "_core",
         "_ended",
         "_lost",
@@ -77,6 +77,7 @@ class Term:
         "_scopes",
         "_session",
         "_value",
+        "_view",
         "key",
         "lease_id",
         "name",
@@ -103,7 +104,7 @@ class Term:
         self._scopes: Few[anyio.CancelScope] = None
         self._own_values: tuple[bytes, ...] = (value,)
         self._on_end: list[Callable[[Term, str], None]] | None = None
-        self._attached = False
+        self._view: ElectionView | None = None  # the mirrored election, once attached
 
     # -- wiring (called by the campaign) -------------------------------------------
 
@@ -116,8 +117,9 @@ class Term:
         if self._session.is_lost or kv is None or kv.create_revision != self.token:
             self._ended = "leader key deleted"
             return False
+        self._core.mirror.use(self.name)  # watched while the term lasts
         view.listen_key(self.key, self)
-        self._attached = True
+        self._view = view
         self._core.term_started(self, self._session)
         return True
 
@@ -154,12 +156,16 @@ class Term:
         if reason != RESIGNED:
             for scope in each(self._scopes):
                 scope.cancel()
-        if self._attached:
-            self._attached = False
-            self._core.mirror.view(self.name).unlisten_key(self.key, self)
+        view, self._view = self._view, None
+        if view is not None:
+            view.unlisten_key(self.key, self)
             self._core.term_ended(self, reason, resigned=reason == RESIGNED)
-        for callback in self._on_end or ():
-            callback(self, reason)
+        try:
+            for callback in self._on_end or ():
+                callback(self, reason)
+        finally:
+            if view is not None:
+                self._core.mirror.unuse(view)  # after the callbacks, which may read it
 
     def _scope(self) -> anyio.CancelScope:
         """A cancel scope that is cancelled when the term ends.

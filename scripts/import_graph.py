@@ -72,6 +72,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "aioelect._observe",
             "aioelect._preference",
             "aioelect._session",
+            "aioelect._view",
         ),
     ),
     (

@@ -117,3 +117,14 @@ def eventually_blocking(
                 return result
         poll.check_deadline()
         time.sleep(interval)
+
+
+async def watched(elector: aioelect.Elector, name: str) -> Any:
+    """Make ``elector`` watch election ``name`` (read and followed) until it closes, as
+    a campaign or an observer of it would: a test can then intercept what follows."""
+    from aioelect._core import core_of
+
+    mirror = core_of(elector).mirror
+    view = mirror.use(name)
+    await mirror.ready(view)
+    return view

@@ -7,7 +7,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from helpers import ElectorFactory, eventually, keys_under
+from helpers import ElectorFactory, eventually, keys_under, watched
 
 import aioelect
 from aioelect._batch import Batcher
@@ -68,9 +68,10 @@ async def test_concurrent_creates_share_one_revision_and_each_key_exists(
 async def test_a_campaign_takes_one_request_contested_or_not(
     make_elector: ElectorFactory, etcd_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A campaign sends one request, its create; a candidate that waited for a predecessor
-    sends no more: the mirror shows it first and alive in one revision (no confirming read).
-    Every request of either elector counts: transactions and ranges."""
+    """A campaign sends one request, its create, besides the read of an election its elector
+    did not watch yet; a candidate that waited for a predecessor sends no more: the mirror
+    shows it first and alive in one revision (no confirming read). Every request of either
+    elector counts: transactions and ranges."""
     a = await make_elector()
     b = await make_elector()
     sent: list[str] = []
@@ -87,7 +88,7 @@ async def test_a_campaign_takes_one_request_contested_or_not(
             monkeypatch.setattr(core_of(elector).conn, method, call)
     async with anyio.create_task_group() as tg:
         async with a.hold("job", "a"):
-            assert sent == ["a"]  # its create
+            assert sent == ["a", "a"]  # the election's first read, its create
             won = anyio.Event()
             b_sent: list[int] = []
 
@@ -99,7 +100,10 @@ async def test_a_campaign_takes_one_request_contested_or_not(
             tg.start_soon(follower)
             await eventually(lambda: _queued(a, "job", 2), what="b queued")
         await won.wait()
-    assert b_sent == [1]  # its create: nothing more once a had left
+    assert b_sent == [2]  # the election's first read, its create: nothing once a had left
+    sent.clear()
+    async with a.hold("job", "a"):  # watched still (the elector lingers): the create alone
+        assert sent == ["a"]
 
 
 async def _queued(elector: aioelect.Elector, name: str, n: int) -> bool:
@@ -263,6 +267,7 @@ async def test_campaign_waiting_for_its_own_event_ends_when_the_elector_closes(
     created = anyio.Event()
     outcome: list[BaseException] = []
     async with aioelect.Elector(endpoints=etcd.endpoints, prefix=etcd_prefix, ttl=2) as elector:
+        await watched(elector, "stalled")  # then nothing more comes
         monkeypatch.setattr(core_of(elector).mirror, "apply_batch", lambda batch: None)
         original = core_of(elector).batcher._send_creates
 
@@ -297,7 +302,12 @@ async def test_a_batched_create_answers_once_the_mirror_has_seen_its_key(
     elector = await make_elector()
     session = await core_of(elector).wait_session()
     mirror = core_of(elector).mirror
-    seen: list[tuple[int, int, bool]] = []  # (token, mirror's seen revision, key in the view)
+    mirror.prefix_watch_at = 0  # one watch of the whole prefix: one scope for every view
+    views = [mirror.use(f"c{i}") for i in range(200)]
+    for view in views:
+        await mirror.ready(view)
+    assert mirror.prefix is not None
+    seen: list[tuple[int, int, bool]] = []  # (token, view's seen revision, key in the view)
     # Hold the watch's responses back until every batch has landed.
     held_back: list[Any] = []
     apply = mirror.apply_batch
@@ -318,8 +328,9 @@ async def test_a_batched_create_answers_once_the_mirror_has_seen_its_key(
         key = f"{elector.prefix}/c{i}/{session.lease_id:x}".encode()
         token = await core_of(elector).batcher.create(key, b"v", session.lease_id)
         assert token is not None
-        kv = mirror.view(f"c{i}").kvs.get(key)
-        seen.append((token, mirror.seen_revision, kv is not None and kv.create_revision == token))
+        view = mirror.view(f"c{i}")
+        kv = view.kvs.get(key)
+        seen.append((token, view.seen, kv is not None and kv.create_revision == token))
 
     async with anyio.create_task_group() as tg:
         for i in range(200):
@@ -327,23 +338,28 @@ async def test_a_batched_create_answers_once_the_mirror_has_seen_its_key(
         await all_landed.wait()
         await anyio.lowlevel.checkpoint()
         assert seen == []  # landed, but the mirror has not seen the keys
-        assert len(mirror._seen_waiters._heap) == 2  # one wait per batch (128 + 72)
+        assert mirror.prefix.seen_waiters is not None
+        assert len(mirror.prefix.seen_waiters._heap) == 2  # one wait per batch (128 + 72)
         monkeypatch.setattr(mirror, "apply_batch", apply)
         for batch in held_back:  # later ones are applied as they come
             apply(batch)
     assert len(seen) == 200
     assert all(revision >= token and shown for token, revision, shown in seen)
-    assert len(mirror._seen_waiters._heap) == 0
+    assert len(mirror.prefix.seen_waiters._heap) == 0
+    for view in views:
+        mirror.unuse(view)
 
 
-async def test_concurrent_barriers_share_one_read_and_wait_for_the_mirror(
+async def test_observers_entering_a_watched_election_share_one_read_and_wait_for_it(
     make_elector: ElectorFactory, raw: Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """barrier(): the callers of one loop turn share one read and one wait; none returns
-    before the mirror has applied a write made before the call; a cancelled caller leaves
-    the others unharmed."""
+    """Observers entering an election already watched: those of one loop turn share one
+    barrier read; none returns before its view has applied a write made before the call;
+    a cancelled one leaves the others unharmed."""
     elector = await make_elector()
     batcher, mirror = core_of(elector).batcher, core_of(elector).mirror
+    view = mirror.use("w")  # watched already
+    await mirror.ready(view)
     # Hold the watch's responses (events and progress alike) back.
     held_back: list[Any] = []
     apply = mirror.apply_batch
@@ -353,6 +369,7 @@ async def test_concurrent_barriers_share_one_read_and_wait_for_the_mirror(
     reached: list[int] = []
     read_done = anyio.Event()
     send_reads = batcher._send_reads
+    before = (batcher.batches, batcher.requests)
 
     async def sending(chunk: Any) -> None:
         await send_reads(chunk)
@@ -363,36 +380,41 @@ async def test_concurrent_barriers_share_one_read_and_wait_for_the_mirror(
     async def lone() -> None:  # in flight while the others come: they form a batch
         await batcher.read(())
 
-    async def barrier() -> None:
-        await batcher.barrier()
-        reached.append(mirror.revision)
+    async def observer() -> None:
+        async with elector.observe("w") as leaders:
+            async for info in leaders:
+                assert info is not None and info.value == b"v"
+                reached.append(view.seen)
+                break
 
     cancelled = anyio.CancelScope()
 
     async def leaving() -> None:
         with cancelled:
-            await batcher.barrier()
+            async with elector.observe("w"):
+                pass
         reached.append(-1)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(lone)
         await anyio.lowlevel.checkpoint()  # lone's read is in flight now
         for _ in range(50):
-            tg.start_soon(barrier)
+            tg.start_soon(observer)
         tg.start_soon(leaving)
         await anyio.lowlevel.checkpoint()  # all 51 joined; the group's read is not sent yet
         cancelled.cancel()
         await read_done.wait()
         await anyio.lowlevel.checkpoint()
-        assert reached == [-1]  # read, but the mirror has not caught up: nobody returned
-        assert len(mirror._sync_waiters._heap) == 1  # one wait for the group
+        assert reached == [-1]  # read, but the view has not caught up: nobody returned
         monkeypatch.setattr(mirror, "apply_batch", apply)
         for batch in held_back:  # later ones are applied as they come
             apply(batch)
     done = [revision for revision in reached if revision != -1]
     assert len(done) == 50
     assert min(done) >= written
-    assert (batcher.batches, batcher.requests) == (1, 1)  # one read for the whole group
+    # One transaction for the whole group (the lone read went before it).
+    assert batcher.batches - before[0] == 1
+    mirror.unuse(view)
 
 
 async def test_batches_cancelled_before_they_started_fail_their_callers(
@@ -411,7 +433,7 @@ async def test_batches_cancelled_before_they_started_fail_their_callers(
 
     async def read() -> None:
         try:
-            await batcher.barrier()
+            await batcher.read(())
         except aioelect.ElectorClosed:
             raised.append("barrier")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import ElectorFactory, eventually, keys_under, live_leases
+from helpers import ElectorFactory, eventually, keys_under, live_leases, watched
 
 import aioelect
 from aioelect._connection import Connection, WatchBatch
@@ -219,9 +219,10 @@ async def test_a_win_after_the_watch_restarted_is_confirmed_by_a_read(
             tg.start_soon(waiter)
             old_b = await _waiting_behind(a, b)
             monkeypatch.setattr(core_of(b).batcher, "read", read)
-            epoch = core_of(b).mirror.epoch
-            await core_of(b).mirror.load()  # a resync, as after a compacted watch
-            assert core_of(b).mirror.epoch > epoch
+            view = core_of(b).mirror.view("job")
+            epoch = view.epoch
+            await core_of(b).mirror.resync()  # a resync, as after a compacted watch
+            assert view.epoch != epoch
             if case == "delete lost":
                 mirror = core_of(b).mirror
                 apply = mirror.apply_batch
@@ -260,6 +261,7 @@ async def test_cancel_at_each_await_point_leaves_no_key(
 
         monkeypatch.setattr(_campaign, "_wait_turn", gate)
     else:  # the watch delivers nothing: the create landed, its answer waits for the mirror
+        await watched(a, "job")
         monkeypatch.setattr(core_of(a).mirror, "apply_batch", lambda batch: None)
         send = core_of(a).batcher._send_creates
 
@@ -286,9 +288,10 @@ async def test_cancel_while_waiting_to_see_a_reused_key_leaves_no_key(
 
     a = await make_elector()
     session = await core_of(a).wait_session()
-    monkeypatch.setattr(
-        core_of(a).mirror, "apply_batch", lambda batch: None
-    )  # the mirror sees nothing
+    mirror = core_of(a).mirror
+    view = mirror.use("job")  # watched (and read) before the key is written
+    await mirror.ready(view)
+    monkeypatch.setattr(mirror, "apply_batch", lambda batch: None)  # the mirror sees nothing
     key = f"{a.prefix}/job/{session.lease_id:x}".encode()
     await raw.txn([], [raw.op_put(key, b"x", session.lease_id)])
     reached = anyio.Event()
@@ -305,6 +308,7 @@ async def test_cancel_while_waiting_to_see_a_reused_key_leaves_no_key(
         assert [kv.key for kv in await keys_under(raw, f"{a.prefix}/job/")] == [key]
         tg.cancel_scope.cancel()
     monkeypatch.undo()
+    mirror.unuse(view)
     assert await keys_under(raw, f"{a.prefix}/") == []
 
 
@@ -315,6 +319,7 @@ async def test_cancel_while_creating_alone_deletes_exactly_that_key(
     writes (or reuses) its key in a transaction of its own. Cancelled while that is in
     flight, it lets it finish and deletes the key guarded by its create revision."""
     a = await make_elector()
+    await watched(a, "job")  # read already: the campaign sends its create alone
     session = await core_of(a).wait_session()
     key = f"{a.prefix}/job/{session.lease_id:x}".encode()
     await raw.txn([], [raw.op_put(key, b"earlier", session.lease_id)])
@@ -371,6 +376,7 @@ async def test_cancel_while_the_create_lands_deletes_exactly_that_key(
     deletes the key guarded by the create revision it got (a delete landing late can then
     never remove a later key of the same name)."""
     a = await make_elector()
+    await watched(a, "job")  # read already: the campaign sends its create alone
     conn = core_of(a).conn
     original, original_create = conn.txn, conn.create_keys
     calls: list[tuple[int, int]] = []  # (compares, ops) of each transaction (a create: n, n)

@@ -129,12 +129,12 @@ class RequestCounter:
                 counter.hit("keepalive")
             return await original_keepalive(self, lease_id)
 
-        original_read = _connection.WatchStream.read
+        original_create = _connection.WatchStream.create
 
-        async def read(self: _connection.WatchStream) -> _connection.WatchBatch:
-            if self._conn is counter.conn and not self._started:
+        async def create(self: _connection.WatchStream, *args: Any) -> None:
+            if self._conn is counter.conn:
                 counter.hit("watch create")
-            return await original_read(self)
+            await original_create(self, *args)
 
         original_progress = _connection.WatchStream.request_progress
 
@@ -145,7 +145,7 @@ class RequestCounter:
 
         monkeypatch.setattr(Connection, "_unary", unary)
         monkeypatch.setattr(_connection.KeepAliveStream, "keepalive", keepalive)
-        monkeypatch.setattr(_connection.WatchStream, "read", read)
+        monkeypatch.setattr(_connection.WatchStream, "create", create)
         monkeypatch.setattr(_connection.WatchStream, "request_progress", progress)
 
     def hit(self, what: str) -> None:
