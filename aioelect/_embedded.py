@@ -172,6 +172,12 @@ class EtcdProcess:
         self._die_with: int | None = None
 
     @property
+    def work_dir(self) -> Path:
+        """The process's own temp dir (its log, the data unless ``data_dir`` was given,
+        and the cwd of etcd, where relative unix socket paths go)."""
+        return self._tmp
+
+    @property
     def scheme(self) -> str:
         return "https" if self.tls else "http"
 
@@ -424,3 +430,9 @@ class EmbeddedEtcd:
     def __repr__(self) -> str:
         state = f"endpoint={self._proc.endpoint}" if self._proc else "stopped"
         return f"<EmbeddedEtcd {state}>"
+
+
+def process_of(etcd: EmbeddedEtcd) -> EtcdProcess | None:
+    """The process of a running :class:`EmbeddedEtcd` (None when it is not running):
+    the package's and the tests' way to its pid and files, outside the public API."""
+    return etcd._proc

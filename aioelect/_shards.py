@@ -95,6 +95,12 @@ def running_groups(core: Core) -> list[ShardGroup]:
     return sorted((g for g in list(_running) if g._core is core), key=lambda g: g.group)
 
 
+def held_shards(group: ShardGroup) -> list[Shard]:
+    """Every shard ``group``'s member holds a term of, valid or not (unlike
+    :meth:`ShardGroup.owned`, which lists only valid ones): for diagnostics."""
+    return [s.shard for _, s in sorted(group._slots.items()) if s.shard is not None]
+
+
 class _Slot:
     """This member's business with one shard: campaigning, owning, handing over."""
 

@@ -12,9 +12,7 @@ import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from aetcd import rpc
-
-from .._connection import Connection, _Client
+from .._connection import Connection
 from .._embedded import EtcdProcess
 from .._exceptions import EtcdError
 from ._network import Network
@@ -108,7 +106,7 @@ class PartitionCluster:
     def socket_path(self, member: str) -> Path:
         """The unix socket ``member`` serves clients on (reachable whatever the faults)."""
         m = self.member(member)
-        return m._tmp / f"{m.name}:1"
+        return m.work_dir / f"{m.name}:1"
 
     def exec_prefix(self, node: str) -> list[str]:
         """The command prefix that runs a program in a client's (or member's) namespace."""
@@ -117,11 +115,7 @@ class PartitionCluster:
     def connection(self, member: str, timeout: float = 5.0) -> Connection:
         """A connection (not yet connected) from the test's process to ``member``
         through its unix socket, which no partition cuts."""
-        path = f"unix:{self.socket_path(member)}"
-        client = _Client(
-            target=path, tls=None, username=None, password=None, timeout=timeout, authority=None
-        )
-        return Connection(client, endpoint_names=[path], owned=True, timeout=timeout)
+        return Connection.unix(self.socket_path(member), timeout=timeout)
 
     async def raft_leader(self, timeout: float = 1.0) -> str | None:
         """The member that a majority of members names as raft leader (None: no majority)."""
@@ -131,16 +125,14 @@ class PartitionCluster:
             conn = self.connection(m, timeout)
             try:
                 await conn.connect()
-                resp = await conn._unary(
-                    conn.client.maintenancestub.Status, rpc.StatusRequest(), timeout
-                )
+                status = await conn.member_status(timeout)
             except EtcdError:
                 continue
             finally:
                 await conn.close()
-            names[int(resp.header.member_id)] = m
-            if resp.leader:
-                votes[int(resp.leader)] = votes.get(int(resp.leader), 0) + 1
+            names[status.member_id] = m
+            if status.leader:
+                votes[status.leader] = votes.get(status.leader, 0) + 1
         for leader, n in votes.items():
             if n > len(self.member_names) // 2 and leader in names:
                 return names[leader]

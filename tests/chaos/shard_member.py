@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _support import fence_key
 
 import aioelect
+from aioelect._shards import held_shards
 from aioelect._term import session_of
 
 
@@ -91,7 +92,7 @@ async def main(args: argparse.Namespace) -> None:
                         "is_valid": s.term.is_valid,
                         "valid_until": session_of(s.term).valid_until,
                     }
-                    for s in [x.shard for x in group._slots.values() if x.shard is not None]
+                    for s in held_shards(group)
                 ]
                 emit(event="woke", id=ident, slept=now - last, terms=terms)
             last = now
