@@ -463,6 +463,12 @@ class Connection:
         )
 
     @property
+    def tls(self) -> TLSConfig | None:
+        """The TLS settings of a client this connection made (None: plaintext, or the
+        caller's own ``aetcd.Client``)."""
+        return self._client._aioelect_tls if isinstance(self._client, _Client) else None
+
+    @property
     def client(self) -> Any:
         """The aetcd client."""
         return self._client
