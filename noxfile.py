@@ -114,9 +114,10 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """The test suite on one Python version."""
+    """The test suite on one Python version (two pytest-xdist workers unless arguments
+    are given: ``nox -s tests -- tests/test_x.py`` runs those serially)."""
     session.install("-e", ".[test]")
-    session.run("python", "-m", "pytest", *session.posargs)
+    session.run("python", "-m", "pytest", *(session.posargs or ["-n", "2"]))
 
 
 EXAMPLES_TESTS = ROOT / "tests" / "test_examples.py"

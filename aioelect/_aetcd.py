@@ -82,6 +82,7 @@ class MaintenanceStub(Protocol):
     """etcd's Maintenance service."""
 
     Status: UnaryMethod
+    Defragment: UnaryMethod
 
 
 class EtcdClient(Protocol):

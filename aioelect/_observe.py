@@ -43,6 +43,10 @@ class Observer:
             self._items.append(info)
         self._wake()
 
+    def pending(self) -> int:
+        """How many leader changes are queued and not consumed yet."""
+        return 0 if self._items is None else len(self._items) - self._head
+
     def close(self) -> None:
         self._closed = True
         self._wake()

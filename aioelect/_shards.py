@@ -27,6 +27,13 @@ the only member below its quota).
 Graceful leave (:meth:`ShardGroup.stop`): the membership key goes first, the
 other members queue for the leaver's shards at once, and each is handed over
 as soon as its target queued (bounded by ``leave_wait``).
+
+Size: over 400 lines because :class:`ShardGroup` is one controller: the
+registration loop, the control loop that turns a plan into campaigns and
+handovers, and the per-shard serve/own/finish/hand-over path share the
+slots and must be read together for the per-shard barrier. The pure parts
+are elsewhere (the plan in :mod:`._shardplan`, the keys and events in
+:mod:`._shardinfo`).
 """
 
 from __future__ import annotations
@@ -86,6 +93,12 @@ _running: set[ShardGroup] = set()
 def running_groups(core: Core) -> list[ShardGroup]:
     """The shard groups of an elector (its ``core``) whose :meth:`ShardGroup.run` runs now."""
     return sorted((g for g in list(_running) if g._core is core), key=lambda g: g.group)
+
+
+def held_shards(group: ShardGroup) -> list[Shard]:
+    """Every shard ``group``'s member holds a term of, valid or not (unlike
+    :meth:`ShardGroup.owned`, which lists only valid ones): for diagnostics."""
+    return [s.shard for _, s in sorted(group._slots.items()) if s.shard is not None]
 
 
 class _Slot:

@@ -435,6 +435,11 @@ def drop_scope(term: Term, scope: anyio.CancelScope) -> None:
     term._drop_scope(scope)
 
 
+def scopes_open(term: Term) -> int:
+    """How many scopes from :func:`open_scope` were not dropped yet."""
+    return sum(1 for _ in each(term._scopes))
+
+
 def add_on_end(term: Term, callback: Callable[[Term, str], None]) -> None:
     """Call ``callback(term, reason)`` once, when ``term`` ends."""
     term._add_on_end(callback)

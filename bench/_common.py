@@ -8,6 +8,7 @@ import math
 import os
 import resource
 import signal
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -27,27 +28,25 @@ def now_ns() -> int:
     return time.monotonic_ns()
 
 
-def percentile(samples: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100), linearly interpolated (numpy's default)."""
-    if not samples:
-        return math.nan
-    s = sorted(samples)
-    pos = (len(s) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+def percentiles(samples: Sequence[float]) -> list[float]:
+    """The 1st to 99th percentiles (index ``q - 1``), linearly interpolated between the
+    closest ranks (:func:`statistics.quantiles`' inclusive method, numpy's default)."""
+    if len(samples) < 2:  # quantiles() needs two points before Python 3.13
+        return [samples[0] if samples else math.nan] * 99
+    return statistics.quantiles(samples, n=100, method="inclusive")
 
 
 def summary(samples: Sequence[float]) -> dict[str, float]:
     """n, p50, p90, p99, min, max, mean of a list of samples."""
+    cuts = percentiles(samples)
     return {
         "n": len(samples),
-        "p50": percentile(samples, 50),
-        "p90": percentile(samples, 90),
-        "p99": percentile(samples, 99),
+        "p50": cuts[49],
+        "p90": cuts[89],
+        "p99": cuts[98],
         "min": min(samples) if samples else math.nan,
         "max": max(samples) if samples else math.nan,
-        "mean": sum(samples) / len(samples) if samples else math.nan,
+        "mean": statistics.fmean(samples) if samples else math.nan,
     }
 
 

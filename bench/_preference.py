@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import summary
 
 import aioelect
+from aioelect._core import core_of
 
 
 async def _preempt(
@@ -90,7 +91,7 @@ async def _health(
         tg.start_soon(la.run)
         await a_in.wait()
         tg.start_soon(lb.run)
-        view = a._mirror.view(name)
+        view = core_of(a).mirror.view(name)
         while len(view.kvs) < 2:  # noqa: ASYNC110 (b queued; a bench may poll)
             await anyio.sleep(0.005)
         failed = time.monotonic()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import statistics
 from pathlib import Path
+from string import Template
 from typing import Any
 
 from _common import summary
@@ -45,69 +47,92 @@ def _met(ok: bool | None) -> str:
     return "-" if ok is None else ("**met**" if ok else "**missed**")
 
 
-def _load(sec: dict[str, Any]) -> str:
-    lb, la = sec.get("load_before"), sec.get("load_after")
-    return f"load average (1/5/15 min) before {lb}, after {la}; {sec.get('seconds', 0):.0f} s"
+#: The report's prose: named blocks of ``RESULTS.template.md`` (``string.Template``s).
+TEMPLATE = Path(__file__).with_name("RESULTS.template.md")
+_BLOCK = re.compile(r"<!-- block: (\w+) -->")
+
+
+def load_blocks(path: Path = TEMPLATE) -> dict[str, Template]:
+    """The blocks of the template file, by name (text before the first block is a comment)."""
+    blocks: dict[str, Template] = {}
+    name: str | None = None
+    lines: list[str] = []
+    for line in [*path.read_text().split("\n"), "<!-- block: _end -->"]:
+        m = _BLOCK.fullmatch(line)
+        if m is None:
+            lines.append(line)
+            continue
+        if name is not None:
+            blocks[name] = Template("\n".join(lines).strip("\n"))
+        name, lines = m.group(1), []
+    return blocks
+
+
+class _Prose:
+    """Fills the template's blocks: ``text(name, ...)`` is one string, ``lines(name, ...)``
+    the report lines of a block followed by a blank line."""
+
+    def __init__(self) -> None:
+        self.blocks = load_blocks()
+
+    def text(self, name: str, **values: object) -> str:
+        return self.blocks[name].substitute({k: str(v) for k, v in values.items()})
+
+    def lines(self, name: str, **values: object) -> list[str]:
+        return [*self.text(name, **values).split("\n"), ""]
+
+
+def _load(t: _Prose, sec: dict[str, Any]) -> str:
+    return t.text(
+        "load",
+        before=sec.get("load_before"),
+        after=sec.get("load_after"),
+        seconds=f"{sec.get('seconds', 0):.0f}",
+    )
 
 
 def render(res: dict[str, Any], out: Path) -> None:
+    t = _Prose()
     secs = res.get("sections", {})
-    goals: list[tuple[str, str, bool | None]] = []
+    goals: list[str] = []
     md: list[str] = []
     m = res.get("machine", {})
-    start_digest = res.get("source", {}).get("digest")
+    source = res.get("source", {})
+    start_digest = source.get("digest")
     changed = [
         name
         for name, sec in secs.items()
         if start_digest and sec.get("source_digest") not in (None, start_digest)
     ]
-    md += [
-        "# aioelect benchmarks",
-        "",
-        "Every figure below comes from one run of `bench/run.py` against one embedded etcd, "
-        "each next to its baseline measured in the same run. Benchmarks are not tests: "
-        "nothing here passes or fails a build.",
-        "",
-        f"- command: `{res.get('command')}` ({'quick' if res.get('quick') else 'full'} mode, "
-        f"{_f(res.get('seconds', 0) / 60, 1)} min, {res.get('started')} to {res.get('finished')})",
-        f"- machine: {m.get('nproc')} CPUs ({m.get('cpu_model')}), "
-        f"{m.get('mem_total_gib')} GiB RAM, {m.get('platform')}",
-        f"- Python {m.get('python')}; {m.get('etcd')}; "
-        + ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items()),
-        f"- aioelect: commit {res.get('source', {}).get('commit', '?')}, sources digest "
-        f"{res.get('source', {}).get('digest', '?')}"
-        + (
-            "; **aioelect's sources changed during the run** (sections after: "
-            + ", ".join(changed)
-            + ")"
-            if changed
-            else ""
-        ),
-        f"- etcd: one member on loopback, data on local disk, {res.get('etcd_flags')}",
-        f"- load average (1/5/15 min): {res.get('load_start')} at the start, "
-        f"{res.get('load_end')} at the end"
-        + (
-            "; **the machine was shared with other jobs: timings are noisy**"
-            if max((res.get("load_start") or [0])[:1] + (res.get("load_end") or [0])[:1]) > 0.5
-            else ""
-        ),
-        "- p50/p90/p99: linear interpolation between the closest ranks; with 100 trials the "
-        "p99 is close to the maximum, so the max is shown too.",
-        "",
-    ]
+    shared = max((res.get("load_start") or [0])[:1] + (res.get("load_end") or [0])[:1]) > 0.5
+    header = t.lines(
+        "header",
+        command=res.get("command"),
+        mode="quick" if res.get("quick") else "full",
+        minutes=_f(res.get("seconds", 0) / 60, 1),
+        started=res.get("started"),
+        finished=res.get("finished"),
+        nproc=m.get("nproc"),
+        cpu_model=m.get("cpu_model"),
+        mem_gib=m.get("mem_total_gib"),
+        platform=m.get("platform"),
+        python=m.get("python"),
+        etcd=m.get("etcd"),
+        packages=", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items()),
+        commit=source.get("commit", "?"),
+        digest=source.get("digest", "?"),
+        sources_changed=t.text("sources_changed", sections=", ".join(changed)) if changed else "",
+        etcd_flags=res.get("etcd_flags"),
+        load_start=res.get("load_start"),
+        load_end=res.get("load_end"),
+        shared=t.text("shared") if shared else "",
+    )
 
     # 1. floor
     f = secs.get("floor")
     if f and "samples" in f:
         s = f["samples"]
-        md += [
-            "## 1. The floor: one etcd request, raw aetcd/gRPC",
-            "",
-            f"Two raw aetcd clients. *Cold*: the first call after {100} ms idle; *hot*: "
-            "the next three calls, back to back. Delete-to-watch-event: one client "
-            "deletes a key, the other's watch delivers the event (cold: after 100 ms idle; "
-            "hot: right after a put and its event). " + _load(f),
-            "",
+        table = [
             *_header("ms"),
             _row("get, cold", s["get_cold"]),
             _row("get, hot", s["get_hot"]),
@@ -115,8 +140,8 @@ def render(res: dict[str, Any], out: Path) -> None:
             _row("txn (create if absent), hot", s["txn_hot"]),
             _row("delete -> watch event, cold", s["watch_cold"]),
             _row("delete -> watch event, hot", s["watch_hot"]),
-            "",
         ]
+        md += t.lines("floor", load=_load(t, f), table="\n".join(table))
 
     # 2. in-process
     ip = secs.get("inproc")
@@ -125,39 +150,27 @@ def render(res: dict[str, Any], out: Path) -> None:
         a50, n50 = summary(s["aioelect"])["p50"], summary(s["naive"])["p50"]
         ratio = a50 / n50 if n50 else math.nan
         ok = ratio <= 1.2
-        goals.append(("2. in-process handover p50 within 1.2x naive", f"{ratio:.2f}x", ok))
-        md += [
-            "## 2. Graceful handover in one process",
-            "",
-            "aioelect: two Electors (two connections) in one process, one election; the "
-            "leader leaves its `async with elector.hold(...)` block, timed until the "
-            "successor's block body starts. Naive: two raw aetcd clients; the leader deletes "
-            "its key, the follower (watching it) creates its own in a txn. Trials "
-            f"interleaved, each after {100} ms idle. " + _load(ip),
-            "",
+        goals.append(t.text("goal_inproc", ratio=f"{ratio:.2f}", met=_met(ok)))
+        table = [
             *_header("ms"),
             _row("aioelect: hold exit -> successor's body", s["aioelect"]),
             _row("naive raw aetcd: delete -> follower's txn done", s["naive"]),
             _row("(naive: delete -> follower sees the event)", s["naive_event"]),
-            "",
-            f"p50 ratio aioelect / naive: **{ratio:.2f}x** (goal <= 1.2x: {_met(ok)}).",
-            "",
         ]
+        md += t.lines(
+            "inproc",
+            load=_load(t, ip),
+            table="\n".join(table),
+            ratio=f"{ratio:.2f}",
+            met=_met(ok),
+        )
         bd = ip.get("breakdown") or []
         if bd:
-            keys = list(bd[0])
-            md += [
-                f"Where the time goes in an aioelect handover ({len(bd)} more trials with a "
-                "timestamp at each step; medians, ms):",
-                "",
-                "| step | p50 (ms) | p90 (ms) |",
-                "|---|--:|--:|",
-            ]
-            for k in keys:
-                vals = [b[k] for b in bd]
-                sm = summary(vals)
-                md.append(f"| {k} | {_f(sm['p50'], 3)} | {_f(sm['p90'], 3)} |")
-            md.append("")
+            rows = []
+            for k in bd[0]:
+                sm = summary([b[k] for b in bd])
+                rows.append(f"| {k} | {_f(sm['p50'], 3)} | {_f(sm['p90'], 3)} |")
+            md += t.lines("inproc_breakdown", trials=len(bd), rows="\n".join(rows))
 
     # 3. cross-process
     xp = secs.get("xproc")
@@ -166,29 +179,23 @@ def render(res: dict[str, Any], out: Path) -> None:
         sa, sg = summary(s["aioelect"]), summary(s["etcdctl"])
         ok50, ok99 = sa["p50"] <= sg["p50"], sa["p99"] <= sg["p99"]
         goals.append(
-            (
-                "3. cross-process handover p50 and p99 no slower than etcdctl elect",
-                f"p50 {ms_(sa['p50'])} vs {ms_(sg['p50'])} ms; "
-                f"p99 {ms_(sa['p99'])} vs {ms_(sg['p99'])} ms",
-                ok50 and ok99,
+            t.text(
+                "goal_xproc",
+                a50=ms_(sa["p50"]),
+                g50=ms_(sg["p50"]),
+                a99=ms_(sa["p99"]),
+                g99=ms_(sg["p99"]),
+                met=_met(ok50 and ok99),
             )
         )
-        md += [
-            "## 3. Graceful handover across processes",
-            "",
-            "Two candidate processes per election: SIGINT to the leader process, timed until "
-            "the successor process prints that it leads (its stdout line read by the bench). "
-            "aioelect: `bench/_candidate.py signal` (an Elector and a `hold`); Go: "
-            "`etcdctl elect` (etcd's `concurrency.Election`). The two kinds alternate trial "
-            f"by trial, each after {300} ms idle. " + _load(xp),
-            "",
+        table = [
             *_header("ms"),
             _row("aioelect", s["aioelect"]),
             _row("etcdctl elect", s["etcdctl"]),
             _row("(aioelect, stamped in the successor)", s["aioelect_self"]),
         ]
         if s.get("aioelect_signal_to_exit"):
-            md += [
+            table += [
                 _row(
                     "(aioelect: SIGINT -> the leader leaves its block)",
                     s["aioelect_signal_to_exit"],
@@ -198,12 +205,13 @@ def render(res: dict[str, Any], out: Path) -> None:
                     s["aioelect_exit_to_elected"],
                 ),
             ]
-        md += [
-            "",
-            f"Goal (aioelect p50 and p99 no slower than etcdctl): p50 {_met(ok50)}, "
-            f"p99 {_met(ok99)}.",
-            "",
-        ]
+        md += t.lines(
+            "xproc",
+            load=_load(t, xp),
+            table="\n".join(table),
+            met50=_met(ok50),
+            met99=_met(ok99),
+        )
 
     # 4. crash
     cr = secs.get("crash")
@@ -213,288 +221,74 @@ def render(res: dict[str, Any], out: Path) -> None:
         bound = 1.6
         ok = sa["p99"] <= bound and sa["p99"] <= sg["p99"]
         goals.append(
-            (
-                "4. crash failover p99 within TTL + 0.6 s and no slower than etcdctl lock",
-                f"p99 {sa['p99']:.3f} s vs etcdctl {sg['p99']:.3f} s (bound {bound} s)",
-                ok,
+            t.text(
+                "goal_crash",
+                a99=f"{sa['p99']:.3f}",
+                g99=f"{sg['p99']:.3f}",
+                bound=bound,
+                met=_met(ok),
             )
         )
-        md += [
-            "## 4. Crash failover (TTL 1 s)",
-            "",
-            "SIGKILL of the leader process, timed until the successor process prints that it "
-            "leads: the lease must expire first. aioelect: `_candidate.py signal --ttl 1` "
-            "(keepalive every TTL/3, term valid for 2/3 TTL). Go: `etcdctl lock --ttl 1` "
-            "(`etcdctl elect` has no TTL option: its session keeps the 60 s default). The "
-            "kill lands 0.3-0.8 s (uniform) after the follower queued, i.e. at a random phase "
-            "of the keepalives and of etcd's 0.5 s expiry scan. " + _load(cr),
-            "",
+        table = [
             *_header("s"),
             _row("aioelect", s["aioelect"], unit="s", digits=3),
             _row("etcdctl lock --ttl 1", s["etcdctl"], unit="s", digits=3),
-            "",
-            f"Goal (p99 <= TTL + 0.6 s = {bound} s and <= etcdctl's p99): {_met(ok)}.",
-            "",
         ]
+        md += t.lines("crash", load=_load(t, cr), table="\n".join(table), bound=bound, met=_met(ok))
 
     # 5. scale
     sc = secs.get("scale")
     if sc and "runs" in sc:
-        runs = sc["runs"]
-        traced = {(r["n"], r.get("mode")): r for r in sc.get("traced", [])}
-        md += [
-            "## 5. Scale of one process and one Elector",
-            "",
-            "`bench/_scale.py`, a fresh process per size: N elections on ONE Elector (one "
-            "lease, one keepalive stream, one watch), each campaigned by a `hold` (which wins "
-            "at once) and observed by an `observe`. *Start*: from spawning the 2N tasks "
-            "until every hold body runs and every observer has seen its leader. *Memory*: "
-            "RSS growth / N after `gc.collect()`, and GC-tracked objects / N (the Python "
-            "heap under tracemalloc, hold-only and observe-only, is in the next table). "
-            "*Idle CPU*: process CPU time (all threads) over an idle interval, TTL 10 s "
-            "(a keepalive every 3.3 s), before and after `gc.freeze()`. *Handover*: one more "
-            "election, handed back and forth between this process and a peer process "
-            "(`_candidate.py control`, an Elector on the same prefix, so it mirrors the N "
-            "elections too), both directions alternating, 100 ms idle before each; then the "
-            "same after `gc.freeze()`. Each hold and each observe runs in an asyncio task "
-            "(`loop.create_task`), with the garbage collector at its defaults; the largest "
-            "size is also started with the GC paused and in anyio TaskGroup tasks (next "
-            "table). " + _load(sc),
-            "",
-            "| N | start: holds (s) | start: all (s) | start CPU (s) | RSS / election (KiB) "
-            "| GC objects / election | idle CPU (%) | idle CPU frozen (%) | handover p50 (ms) "
-            "| handover p99 (ms) | frozen p50 (ms) | frozen p99 (ms) "
-            "| max GC pause in start (ms) |",
-            "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
-        ]
-        for r in runs:
-            n = r["n"]
-            if "error" in r:
-                md.append(f"| {n:,} | **failed** (below) | | | | | | | | | | | |")
-                continue
-            h = r.get("handover", {}).get("all", {})
-            hf = r.get("handover_frozen", {}).get("all", {})
-            gcs = r.get("start_gc", {})
-            gcmax = max(gcs.get(f"gen{g}_max_ms", 0.0) for g in range(3)) if gcs else None
-            md.append(
-                f"| {n:,} | {_f(r.get('start_held_s'), 3)} | {_f(r.get('start_all_s'), 3)} "
-                f"| {_f(r.get('start_cpu_s'), 2)} | {_f(r['rss_per_election'] / KIB, 1)} "
-                f"| {_f(r.get('gc_objects_per_election'), 0)} | {_f(r.get('idle_cpu_pct'), 2)} "
-                f"| {_f(r.get('idle_frozen_cpu_pct'), 2)} "
-                f"| {_f(h.get('p50', math.nan) * 1e3)} | {_f(h.get('p99', math.nan) * 1e3)} "
-                f"| {_f(hf.get('p50', math.nan) * 1e3)} | {_f(hf.get('p99', math.nan) * 1e3)} "
-                f"| {_f(gcmax, 0)} |"
-            )
-        md.append("")
-        starts = _big_starts(sc)
-        if len(starts) > 1:
-            md += [
-                f"Every start of {max(r['n'] for r in runs):,} elections at the GC's defaults "
-                f"(the row above, then {len(starts) - 1} more in fresh processes, without "
-                "handovers), all running after (s): "
-                + ", ".join(f"{s:.3f}" for s in starts)
-                + f"; median {statistics.median(starts):.3f}, worst {max(starts):.3f}.",
-                "",
-            ]
-        variants = sc.get("variants", [])
-        if variants:
-            md += [
-                "The largest size started other ways (20 handovers each): *gc paused*: "
-                "`gc.disable()` while the elections start, then `gc.enable(); gc.freeze()` "
-                "(what the README advises for mass starts); *anyio tasks*: each hold and "
-                "observe in an anyio `TaskGroup.start_soon` task (about 4 KiB and 3 GC "
-                "objects more per task than a bare asyncio task).",
-                "",
-                "| N | started | start: all (s) | start CPU (s) | RSS / election (KiB) "
-                "| GC objects / election | idle CPU (%) | handover p99 (ms) |",
-                "|--:|---|--:|--:|--:|--:|--:|--:|",
-            ]
-            for r in variants:
-                if "error" in r:
-                    md.append(f"| {r['n']:,} | {r['variant']} | **failed**: {r['error']} |||||")
-                    continue
-                h = r.get("handover", {}).get("all", {})
-                md.append(
-                    f"| {r['n']:,} | {r['variant']} | {_f(r.get('start_all_s'), 3)} "
-                    f"| {_f(r.get('start_cpu_s'), 2)} | {_f(r['rss_per_election'] / KIB, 1)} "
-                    f"| {_f(r.get('gc_objects_per_election'), 0)} "
-                    f"| {_f(r.get('idle_cpu_pct'), 2)} | {_f(h.get('p99', math.nan) * 1e3)} |"
-                )
-            md.append("")
-        failed = [r for r in [*runs, *traced.values()] if "error" in r]
-        if failed:
-            md += ["Failed runs:", ""]
-            for r in failed:
-                what = f"N={r['n']:,}" + (
-                    f", {r['mode']} only, tracemalloc" if r.get("tracemalloc") else ""
-                )
-                tail = "; ".join(r.get("stderr", []))[-300:]
-                md.append(f"- {what}: {r['error']}" + (f" (stderr: `{tail}`)" if tail else ""))
-            md.append("")
-        if traced:
-            md += [
-                "Python heap per election (tracemalloc; a separate process per row; one "
-                "task per hold or observe, as an application has):",
-                "",
-                "| N | hold only (KiB) | GC objects | observe only (KiB) | GC objects |",
-                "|--:|--:|--:|--:|--:|",
-            ]
-            for n in sorted({k[0] for k in traced}):
-                cells = []
-                for mode in ("hold", "observe"):
-                    t = traced.get((n, mode), {})
-                    if "traced_per_election" in t:
-                        cells += [
-                            _f(t["traced_per_election"] / KIB, 1),
-                            _f(t.get("gc_objects_per_election"), 0),
-                        ]
-                    else:
-                        cells += ["failed" if "error" in t else "-", "-"]
-                md.append(f"| {n:,} | " + " | ".join(cells) + " |")
-            md.append("")
-        by_n = {r["n"]: r for r in runs}
-        big = by_n.get(10000)
-        one = by_n.get(1)
-        if big is not None:
-            starts = _big_starts(sc)
-            failed_starts = [r for r in [big, *sc.get("restarts", [])] if "error" in r]
-            ok_start = not failed_starts and bool(starts) and max(starts) <= 2.0
-            paused = next(
-                (v for v in sc.get("variants", []) if v.get("variant") == "gc paused"), None
-            )
-            if failed_starts:
-                start_txt = "failed: " + failed_starts[0]["error"]
-            elif len(starts) > 1:
-                start_txt = (
-                    f"worst {max(starts):.2f} s of {len(starts)} starts "
-                    f"(median {statistics.median(starts):.2f} s)"
-                )
-            else:
-                start_txt = f"{big['start_all_s']:.2f} s"
-            if paused is not None and "error" not in paused:
-                start_txt += f" ({paused['start_all_s']:.2f} s with the GC paused during the start)"
-            goals.append(("5a. 10,000 elections running within 2 s of start", start_txt, ok_start))
-            if "error" not in big:
-                per = big["rss_per_election"] / KIB
-                heaps = [
-                    traced.get((10000, m), {}).get("traced_per_election")
-                    for m in ("hold", "observe")
-                ]
-                heap_txt = ", ".join(
-                    f"heap {m} only {h / KIB:.1f} KiB"
-                    for m, h in zip(("hold", "observe"), heaps, strict=True)
-                    if h
-                )
-                goals.append(
-                    (
-                        "5b. under 10 KiB per election (10,000; hold + observe)",
-                        f"RSS {per:.1f} KiB" + (f"; {heap_txt}" if heap_txt else ""),
-                        per < 10,
-                    )
-                )
-                goals.append(
-                    (
-                        "5c. idle CPU under 2% of a core (10,000)",
-                        f"{big['idle_cpu_pct']:.2f}% ({big['idle_frozen_cpu_pct']:.2f}% frozen)",
-                        big["idle_cpu_pct"] < 2,
-                    )
-                )
-                if one is not None and "error" not in one:
-                    p1 = one["handover"]["all"]["p99"]
-                    p10k = big["handover"]["all"]["p99"]
-                    goals.append(
-                        (
-                            "5d. handover p99 at 10,000 <= 2x p99 at 1",
-                            f"{p10k * 1e3:.2f} ms vs {p1 * 1e3:.2f} ms ({p10k / p1:.2f}x)",
-                            p10k <= 2 * p1,
-                        )
-                    )
-            else:
-                for g in ("5b. under 10 KiB per election", "5c. idle CPU under 2%", "5d. handover"):
-                    goals.append((g + " (10,000)", "not measured: the start failed", False))
-        else:
-            goals.append(("5. scale to 10,000 elections", "not run (quick mode)", None))
-        gc_rows = [r for r in runs if "start_gc" in r]
-        if gc_rows:
-            md += [
-                "Garbage collector during start (count / max pause ms per generation):",
-                "",
-                "| N | gen0 | gen1 | gen2 |",
-                "|--:|--:|--:|--:|",
-            ]
-            for r in gc_rows:
-                g = r["start_gc"]
-                md.append(
-                    f"| {r['n']:,} | "
-                    + " | ".join(
-                        f"{g[f'gen{i}_count']} / {g[f'gen{i}_max_ms']:.1f}" for i in range(3)
-                    )
-                    + " |"
-                )
-            md.append("")
+        md += _scale(t, sc, goals)
 
     # 6. churn
     ch = secs.get("churn")
     if ch:
-        md += ["## 6. Churn", ""]
+        md += t.lines("churn_heading")
         if "error" in ch:
-            md += [f"**{ch['error']}**: `{'; '.join(ch.get('stderr', []))[-400:]}`", ""]
+            md += t.lines(
+                "churn_error", error=ch["error"], stderr="; ".join(ch.get("stderr", []))[-400:]
+            )
         else:
             h = ch["handover"]
             if not ch.get("all_started", True):
-                md += [
-                    f"**Only {ch.get('started')} of {ch['n']:,} elections had changed leader "
-                    f"{ch.get('start_s', 0):.0f} s after the start**; the window was measured "
-                    "anyway.",
-                    "",
-                ]
-            md += [
-                f"`bench/_churn.py`: {ch['n']:,} elections, each with two candidates, one on "
-                "each of two Electors in one process. A leader holds for a random time "
-                f"(uniform, mean {ch['hold_mean_s'] * 1e3:.0f} ms: more than the process can "
-                "serve, so this is the sustained maximum), resigns by leaving its block and "
-                "campaigns again at once. Requests are counted by wrapping aioelect's "
-                "connection layer in that process. " + _load(ch),
-                "",
-                "| | |",
-                "|---|--:|",
-                f"| time until every election had changed leader once (s) "
-                f"| {_f(ch.get('start_s'), 2)} |",
-                f"| terms per second, sustained over {ch['window_s']:.0f} s "
-                f"| **{ch['terms_per_s']:.0f}** |",
-                f"| etcd requests per term | **{_f(ch['requests_per_term'], 2)}** |",
-                f"| handover under churn p50 / p99 (ms; includes queueing) "
-                f"| {_f(h['p50'] * 1e3, 1)} / {_f(h['p99'] * 1e3, 1)} |",
-                f"| CPU of the process (% of one core) | {_f(ch['cpu_pct'], 0)} |",
-                f"| CPU of etcd (% of one core) | {_f(ch.get('etcd_cpu_pct'), 0)} |",
-                f"| sessions lost / watch streams re-created | {ch.get('sessions_lost')} / "
-                f"{ch.get('watch_recreated', '-')} |",
-                f"| GC gen2 passes / max pause (ms) | {ch['gc']['gen2_count']} / "
-                f"{ch['gc']['gen2_max_ms']:.0f} |",
-                "",
-                "Requests in the window, by kind (two Electors: every watch event arrives twice):",
-                "",
-                "| request | count | per term |",
-                "|---|--:|--:|",
-            ]
+                md += t.lines(
+                    "churn_not_started",
+                    started=ch.get("started"),
+                    n=f"{ch['n']:,}",
+                    start_s=f"{ch.get('start_s', 0):.0f}",
+                )
             terms = ch["terms"] or 1
-            for k, v in sorted(ch["requests"].items(), key=lambda kv: -kv[1]):
-                md.append(f"| {k} | {v:,} | {v / terms:.2f} |")
-            md.append("")
+            rows = [
+                f"| {k} | {v:,} | {v / terms:.2f} |"
+                for k, v in sorted(ch["requests"].items(), key=lambda kv: -kv[1])
+            ]
+            md += t.lines(
+                "churn",
+                n=f"{ch['n']:,}",
+                hold_ms=f"{ch['hold_mean_s'] * 1e3:.0f}",
+                load=_load(t, ch),
+                start_s=_f(ch.get("start_s"), 2),
+                window_s=f"{ch['window_s']:.0f}",
+                terms_per_s=f"{ch['terms_per_s']:.0f}",
+                requests_per_term=_f(ch["requests_per_term"], 2),
+                p50=_f(h["p50"] * 1e3, 1),
+                p99=_f(h["p99"] * 1e3, 1),
+                cpu=_f(ch["cpu_pct"], 0),
+                etcd_cpu=_f(ch.get("etcd_cpu_pct"), 0),
+                sessions_lost=ch.get("sessions_lost"),
+                watch_recreated=ch.get("watch_recreated", "-"),
+                gen2_count=ch["gc"]["gen2_count"],
+                gen2_max_ms=f"{ch['gc']['gen2_max_ms']:.0f}",
+                rows="\n".join(rows),
+            )
 
     # profiles
     pr = secs.get("profile")
     if pr:
         from _pyspy import markdown
 
-        md += [
-            "## Profiles (py-spy)",
-            "",
-            "`python bench/run.py --profile` samples the helper processes with py-spy "
-            "(250 Hz, non-blocking); raw stacks in `bench/profile/`. Native time inside "
-            "grpc's Cython is charged to the Python function that called it.",
-            "",
-        ]
+        md += t.lines("profiles")
         for label, p in pr.items():
             if not isinstance(p, dict):
                 continue
@@ -503,22 +297,189 @@ def render(res: dict[str, Any], out: Path) -> None:
             elif "total" in p:
                 md += [markdown(f"{label} (`{p['file']}`)", p), ""]
 
-    # goals
     if goals:
-        head = [
-            "## Goals",
-            "",
-            "| goal | measured | |",
-            "|---|---|---|",
-            *[f"| {g} | {v} | {_met(ok)} |" for g, v, ok in goals],
-            "",
-        ]
-        md = md[:12] + head + md[12:]
-
-    md += ["![results](results.png)", ""]
-    out.write_text("\n".join(md))
+        header += t.lines("goals", rows="\n".join(goals))
+    out.write_text("\n".join([*header, *md, *t.lines("footer")]))
     with contextlib.suppress(ImportError):  # matplotlib is optional for the Markdown
         plot(res, out.with_name("results.png"))
+
+
+def _scale(t: _Prose, sc: dict[str, Any], goals: list[str]) -> list[str]:
+    """Section 5 (its goals go to ``goals``)."""
+    md: list[str] = []
+    runs = sc["runs"]
+    traced = {(r["n"], r.get("mode")): r for r in sc.get("traced", [])}
+    rows = []
+    for r in runs:
+        n = r["n"]
+        if "error" in r:
+            rows.append(t.text("scale_failed_row", n=f"{n:,}"))
+            continue
+        h = r.get("handover", {}).get("all", {})
+        hf = r.get("handover_frozen", {}).get("all", {})
+        gcs = r.get("start_gc", {})
+        gcmax = max(gcs.get(f"gen{g}_max_ms", 0.0) for g in range(3)) if gcs else None
+        cells = [
+            f"{n:,}",
+            _f(r.get("start_held_s"), 3),
+            _f(r.get("start_all_s"), 3),
+            _f(r.get("start_cpu_s"), 2),
+            _f(r["rss_per_election"] / KIB, 1),
+            _f(r.get("gc_objects_per_election"), 0),
+            _f(r.get("idle_cpu_pct"), 2),
+            _f(r.get("idle_frozen_cpu_pct"), 2),
+            _f(h.get("p50", math.nan) * 1e3),
+            _f(h.get("p99", math.nan) * 1e3),
+            _f(hf.get("p50", math.nan) * 1e3),
+            _f(hf.get("p99", math.nan) * 1e3),
+            _f(gcmax, 0),
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    md += t.lines("scale", load=_load(t, sc), rows="\n".join(rows))
+    starts = _big_starts(sc)
+    if len(starts) > 1:
+        md += t.lines(
+            "scale_starts",
+            n=f"{max(r['n'] for r in runs):,}",
+            more=len(starts) - 1,
+            starts=", ".join(f"{s:.3f}" for s in starts),
+            median=f"{statistics.median(starts):.3f}",
+            worst=f"{max(starts):.3f}",
+        )
+    variants = sc.get("variants", [])
+    if variants:
+        rows = []
+        for r in variants:
+            if "error" in r:
+                rows.append(
+                    t.text(
+                        "scale_variant_failed_row",
+                        n=f"{r['n']:,}",
+                        variant=r["variant"],
+                        error=r["error"],
+                    )
+                )
+                continue
+            h = r.get("handover", {}).get("all", {})
+            cells = [
+                f"{r['n']:,}",
+                r["variant"],
+                _f(r.get("start_all_s"), 3),
+                _f(r.get("start_cpu_s"), 2),
+                _f(r["rss_per_election"] / KIB, 1),
+                _f(r.get("gc_objects_per_election"), 0),
+                _f(r.get("idle_cpu_pct"), 2),
+                _f(h.get("p99", math.nan) * 1e3),
+            ]
+            rows.append("| " + " | ".join(cells) + " |")
+        md += t.lines("scale_variants", rows="\n".join(rows))
+    failed = [r for r in [*runs, *traced.values()] if "error" in r]
+    if failed:
+        rows = []
+        for r in failed:
+            what = f"N={r['n']:,}" + (
+                f", {r['mode']} only, tracemalloc" if r.get("tracemalloc") else ""
+            )
+            tail = "; ".join(r.get("stderr", []))[-300:]
+            stderr = f" (stderr: `{tail}`)" if tail else ""
+            rows.append(t.text("scale_failed_run", what=what, error=r["error"], stderr=stderr))
+        md += t.lines("scale_failed", rows="\n".join(rows))
+    if traced:
+        rows = []
+        for n in sorted({k[0] for k in traced}):
+            cells = []
+            for mode in ("hold", "observe"):
+                tr = traced.get((n, mode), {})
+                if "traced_per_election" in tr:
+                    cells += [
+                        _f(tr["traced_per_election"] / KIB, 1),
+                        _f(tr.get("gc_objects_per_election"), 0),
+                    ]
+                else:
+                    cells += ["failed" if "error" in tr else "-", "-"]
+            rows.append(f"| {n:,} | " + " | ".join(cells) + " |")
+        md += t.lines("scale_traced", rows="\n".join(rows))
+    goals += _scale_goals(t, sc, runs, traced)
+    gc_rows = [r for r in runs if "start_gc" in r]
+    if gc_rows:
+        rows = []
+        for r in gc_rows:
+            g = r["start_gc"]
+            gens = [f"{g[f'gen{i}_count']} / {g[f'gen{i}_max_ms']:.1f}" for i in range(3)]
+            rows.append(f"| {r['n']:,} | " + " | ".join(gens) + " |")
+        md += t.lines("scale_gc", rows="\n".join(rows))
+    return md
+
+
+def _scale_goals(
+    t: _Prose,
+    sc: dict[str, Any],
+    runs: list[dict[str, Any]],
+    traced: dict[tuple[int, Any], dict[str, Any]],
+) -> list[str]:
+    """The rows of goals 5a-5d."""
+    by_n = {r["n"]: r for r in runs}
+    big = by_n.get(10000)
+    one = by_n.get(1)
+    if big is None:
+        return [t.text("goal_scale_quick", met=_met(None))]
+    goals = []
+    starts = _big_starts(sc)
+    failed_starts = [r for r in [big, *sc.get("restarts", [])] if "error" in r]
+    ok_start = not failed_starts and bool(starts) and max(starts) <= 2.0
+    paused = next((v for v in sc.get("variants", []) if v.get("variant") == "gc paused"), None)
+    if failed_starts:
+        start_txt = t.text("start_failed", error=failed_starts[0]["error"])
+    elif len(starts) > 1:
+        start_txt = t.text(
+            "start_worst",
+            worst=f"{max(starts):.2f}",
+            n=len(starts),
+            median=f"{statistics.median(starts):.2f}",
+        )
+    else:
+        start_txt = t.text("start_one", start=f"{big['start_all_s']:.2f}")
+    if paused is not None and "error" not in paused:
+        start_txt += t.text("start_paused", start=f"{paused['start_all_s']:.2f}")
+    goals.append(t.text("goal_start", measured=start_txt, met=_met(ok_start)))
+    if "error" in big:
+        return [*goals, *t.text("goals_not_measured", met=_met(False)).split("\n")]
+    per = big["rss_per_election"] / KIB
+    heaps = [traced.get((10000, m), {}).get("traced_per_election") for m in ("hold", "observe")]
+    heap_txt = ", ".join(
+        t.text("heap", mode=m, kib=f"{h / KIB:.1f}")
+        for m, h in zip(("hold", "observe"), heaps, strict=True)
+        if h
+    )
+    goals.append(
+        t.text(
+            "goal_memory",
+            rss=f"{per:.1f}",
+            heaps=t.text("heaps", heaps=heap_txt) if heap_txt else "",
+            met=_met(per < 10),
+        )
+    )
+    goals.append(
+        t.text(
+            "goal_idle",
+            idle=f"{big['idle_cpu_pct']:.2f}",
+            frozen=f"{big['idle_frozen_cpu_pct']:.2f}",
+            met=_met(big["idle_cpu_pct"] < 2),
+        )
+    )
+    if one is not None and "error" not in one:
+        p1 = one["handover"]["all"]["p99"]
+        p10k = big["handover"]["all"]["p99"]
+        goals.append(
+            t.text(
+                "goal_handover",
+                p10k=f"{p10k * 1e3:.2f}",
+                p1=f"{p1 * 1e3:.2f}",
+                ratio=f"{p10k / p1:.2f}",
+                met=_met(p10k <= 2 * p1),
+            )
+        )
+    return goals
 
 
 def ms_(x: float) -> str:

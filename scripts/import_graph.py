@@ -42,6 +42,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "aioelect.testing",
             "aioelect.testing._cluster",
             "aioelect.testing._docker",
+            "aioelect.testing._netns",
+            "aioelect.testing._network",
             "aioelect.testing._partition",
             "aioelect.testing._plugin",
             "aioelect.testing._proxy",

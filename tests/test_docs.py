@@ -48,9 +48,9 @@ def test_readme_quick_start_commands() -> None:
     """The README's two quick-start commands are the ones CI and the demo rely on."""
     readme = (ROOT / "README.md").read_text()
     assert ".venv/bin/pip install -e '.[demo]' && .venv/bin/aioelect demo" in readme
-    assert ".venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest" in readme
+    assert ".venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest -n 2" in readme
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "TEST_CMD=(.venv/bin/python -m pytest)" in ci
+    assert "TEST_CMD=(.venv/bin/python -m pytest -n 2)" in ci
 
 
 def test_every_supported_python_is_tested() -> None:

@@ -13,6 +13,7 @@ from helpers import ElectorFactory, eventually, keys_under, live_leases, watched
 import aioelect
 from aioelect._connection import Connection, WatchBatch
 from aioelect._core import core_of
+from aioelect._term import scopes_open
 
 pytestmark = pytest.mark.asyncio
 
@@ -127,7 +128,7 @@ async def test_every_waiter_of_a_term_wakes_when_it_ends(
                 await raw.txn([], [raw.op_delete(term.key)])
                 await anyio.sleep_forever()
     assert sorted(woke) == [0, 1, 2]
-    assert term._scopes is None  # every scope was dropped from the term
+    assert scopes_open(term) == 0  # every scope was dropped from the term
 
 
 async def _after_all_blocked(event: anyio.Event) -> None:
@@ -521,7 +522,7 @@ async def test_an_observe_block_is_used_once_at_a_time_and_can_be_entered_again(
             await term.proclaim("v2")
 
             async def queued() -> bool:
-                return block._items is not None
+                return block.pending() > 0
 
             await eventually(queued, what="v2 queued")  # and never read
         await term.proclaim("v3")

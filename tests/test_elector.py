@@ -7,6 +7,7 @@ import pytest
 
 import aioelect
 from aioelect._core import core_of
+from aioelect._embedded import process_of
 from aioelect.testing import EtcdServer
 
 pytestmark = pytest.mark.asyncio
@@ -29,10 +30,10 @@ async def test_embedded_elector_runs_its_own_etcd() -> None:
             assert leader.value == b"solo"
         etcd = core_of(elector).embedded
         assert etcd is not None
-        proc = etcd._proc
+        proc = process_of(etcd)
         assert proc is not None
         pid = proc.pid
-    assert etcd._proc is None
+    assert process_of(etcd) is None
     assert proc.proc is not None
     assert proc.proc.poll() is not None, f"etcd pid {pid} still running"
 

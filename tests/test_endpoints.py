@@ -127,7 +127,7 @@ def test_http_endpoint_with_tls_is_refused() -> None:
 def test_https_endpoint_turns_tls_on() -> None:
     """An https:// endpoint without a TLSConfig uses TLS with the system trust store."""
     conn = Connection.create("https://h:1")
-    assert conn.client._aioelect_tls == TLSConfig()
+    assert conn.tls == TLSConfig()
     assert conn.endpoint_names == ("https://h:1",)
 
 

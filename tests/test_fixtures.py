@@ -23,7 +23,7 @@ from helpers import eventually, eventually_blocking
 import aioelect
 from aioelect import EtcdError, EtcdUnavailable
 from aioelect._connection import Connection
-from aioelect._embedded import EtcdProcess
+from aioelect._embedded import EtcdProcess, process_of
 from aioelect.testing import EtcdCluster, EtcdServer, FaultProxy
 
 pytest_plugins = ("pytester",)
@@ -153,7 +153,7 @@ async def test_embedded_etcd_leaves_nothing() -> None:
     async with aioelect.EmbeddedEtcd(heartbeat_interval=0.01, election_timeout=0.1) as etcd:
         print(f"\nEmbeddedEtcd enter: {(time.monotonic() - start) * 1000:.0f} ms")
         assert etcd.endpoints == [etcd.endpoint]
-        proc = etcd._proc  # internals: the only way to see its pid and temp dir
+        proc = process_of(etcd)  # the package's way to see its pid and temp dir
         assert proc is not None
         footprint = process_footprint(proc)
         async with connected(etcd.endpoint) as conn:
@@ -172,7 +172,7 @@ async def test_embedded_etcd_keeps_given_data_dir(tmp_path: Path) -> None:
     async with aioelect.EmbeddedEtcd(
         data_dir=data, heartbeat_interval=0.01, election_timeout=0.1
     ) as etcd:
-        proc = etcd._proc
+        proc = process_of(etcd)
         assert proc is not None
         own_tmp = proc.log_path.parent
         async with connected(etcd.endpoint) as conn:

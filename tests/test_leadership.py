@@ -14,6 +14,7 @@ import aioelect
 from aioelect import health
 from aioelect._connection import Connection
 from aioelect._keys import candidate_key
+from aioelect._leadership import run_state
 from aioelect.testing import EtcdServer, FaultProxy
 
 pytestmark = pytest.mark.asyncio
@@ -738,7 +739,7 @@ async def test_back_off_ends_at_once_on_stop_cancel_or_close(
                 await eventually(lambda: _not_running(lead), what="run() ended")
         expected = {"stop": ["returned"], "cancel": [], "close": ["closed"]}[how]
         assert outcome == expected
-        state = lead._state
+        state = run_state(lead).state
         assert state == ("failed" if how == "close" else "stopped")
         assert health(elector, lead)["leaderships"][0]["ready"] is False
     finally:
@@ -746,11 +747,11 @@ async def test_back_off_ends_at_once_on_stop_cancel_or_close(
 
 
 async def _backing_off(lead: aioelect.Leadership) -> bool:
-    return lead._retry_at is not None
+    return run_state(lead).retry_at is not None
 
 
 async def _not_running(lead: aioelect.Leadership) -> bool:
-    return not lead._running
+    return not run_state(lead).running
 
 
 async def test_cancelled_while_on_stepped_down_fails_the_cancellation_wins(
@@ -779,6 +780,6 @@ async def test_cancelled_while_on_stepped_down_fails_the_cancellation_wins(
             await elected.wait()
             tg.cancel_scope.cancel()
     assert [str(r.exc_info[1]) for r in _boom_records(caplog) if r.exc_info] == ["down"]
-    assert lead._state == "stopped"
+    assert run_state(lead).state == "stopped"
     assert a.statistics().callback_errors == 1
     assert await a.leader("job") is None

@@ -23,6 +23,7 @@ from aioelect._connection import Connection
 from aioelect._core import core_of
 from aioelect._few import add
 from aioelect._keys import preference_key, split_key, split_preference_key
+from aioelect._leadership import candidacy_of
 from aioelect._preference import decode_record, version_priority
 from aioelect.testing import EtcdServer
 
@@ -319,7 +320,8 @@ async def test_unhealthy_leader_hands_over_and_returns_after_successes(
         infos = await b.candidates("job")
         assert [c.value for c in infos] == [b"b"]
         # When a's new key shows up, how many checks in a row had passed.
-        gate = la._candidacy.gate if la._candidacy is not None else None
+        candidacy = candidacy_of(la)
+        gate = candidacy.gate if candidacy is not None else None
         assert gate is not None
         view = core_of(b).mirror.view("job")
         back: list[int] = []

@@ -30,12 +30,12 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a venv wit
     ) from exc
 
 from ._cluster import EtcdCluster as EtcdCluster
-from ._partition import Impairment as Impairment
-from ._partition import NetnsError as NetnsError
-from ._partition import Network as Network
+from ._netns import NetnsError as NetnsError
+from ._netns import netem_unavailable as netem_unavailable
+from ._netns import netns_unavailable as netns_unavailable
+from ._network import Impairment as Impairment
+from ._network import Network as Network
 from ._partition import PartitionCluster as PartitionCluster
-from ._partition import netem_unavailable as netem_unavailable
-from ._partition import netns_unavailable as netns_unavailable
 from ._plugin import EtcdServer as EtcdServer
 from ._proxy import FaultProxy as FaultProxy
 

@@ -13,7 +13,8 @@ import pytest
 from .._embedded import ETCD_BINARY_ENV, EtcdProcess, etcd_version, find_etcd_binary
 from .._exceptions import AioelectError
 from ._cluster import EtcdCluster
-from ._partition import PartitionCluster, netns_unavailable
+from ._netns import netns_unavailable
+from ._partition import PartitionCluster
 from ._proxy import FaultProxy
 
 __all__ = ("EtcdServer",)

@@ -17,6 +17,11 @@ Example::
         proxy.reset()       # every open connection is aborted with a RST
     finally:
         proxy.close()
+
+Size: just over 400 lines because :class:`FaultProxy` is one idea (a proxy
+whose loop lives in its own thread) and half of it is the documented
+blocking control API (``delay``, ``blackhole``, ``heal``, ``reset``) and
+its counters; the per-connection pump is the small :class:`_Link`.
 """
 
 from __future__ import annotations

@@ -37,14 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from aetcd import rpc
 from helpers import eventually
 
 import aioelect
 from aioelect._connection import KV, Connection, WatchBatch, WatchStream
 from aioelect._exceptions import EtcdError
 from aioelect._keys import prefix_range_end, split_key
-from aioelect._term import session_of
+from aioelect._term import add_on_end, session_of
+from aioelect._term import ended as ended_reason
 
 HERE = Path(__file__).resolve().parent
 CANDIDATE = HERE / "candidate.py"
@@ -223,7 +223,7 @@ class Member:
         self.terms[(name, token)] = rec
         self.current[name] = term
         hook = self._ended_hook(rec)
-        term._add_on_end(hook)
+        add_on_end(term, hook)
         self.emit(
             "elected",
             election=name,
@@ -232,8 +232,9 @@ class Member:
             t=term.started_at,
             t_cb=time.monotonic(),
         )
-        if term._ended is not None:  # it ended before we could hook it: report it now
-            hook(term, term._ended)
+        reason = ended_reason(term)
+        if reason is not None:  # it ended before we could hook it: report it now
+            hook(term, reason)
         client = self.elector.client
         stop = self._stops[name]
         value = json.dumps({"token": token, "id": self.ident}).encode()
@@ -997,8 +998,8 @@ async def raft_leader(endpoints: Iterable[str]) -> str | None:
         conn = Connection.create(ep, timeout=1.0)
         try:
             await conn.connect()
-            resp = await conn._unary(conn.client.maintenancestub.Status, rpc.StatusRequest(), 1.0)
-            if resp.leader and resp.leader == resp.header.member_id:
+            status = await conn.member_status(1.0)
+            if status.leader and status.leader == status.member_id:
                 return ep
         except EtcdError:
             continue
@@ -1008,7 +1009,7 @@ async def raft_leader(endpoints: Iterable[str]) -> str | None:
 
 
 async def defragment(conn: Connection) -> None:
-    await conn._unary(conn.client.maintenancestub.Defragment, rpc.DefragmentRequest(), 10.0)
+    await conn.defragment(10.0)
 
 
 def fmt_times(values: Iterable[float]) -> str:

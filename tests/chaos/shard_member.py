@@ -1,10 +1,13 @@
 """One member of a shard group, as an OS process, for the chaos suite.
 
 Prints one JSON event per line (the format ``_support.leading_periods`` and
-``check_logs_against_history`` read): ``elected`` when a shard is assigned,
+``check_logs_against_history`` read): ``elected`` when a shard is assigned (at
+the term's start: when its campaign won, not when ``on_assigned`` ran),
 ``write`` for each fenced write acknowledged by etcd (one every ``--interval``
 per owned shard, guarded by the shard's term), ``ended`` when it is revoked
-(at the first of now and the term's renew deadline), ``woke`` after a pause.
+(at the first of now, the term's renew deadline and the instant the term
+ended, from its end callback: a session lost early, e.g. when a resign
+failed, ends its terms before the renew deadline), ``woke`` after a pause.
 Closing stdin makes it leave the group gracefully and exit 0. Dies with its
 parent (PR_SET_PDEATHSIG on Linux).
 """
@@ -31,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _support import fence_key
 
 import aioelect
-from aioelect._term import session_of
+from aioelect._shards import held_shards
+from aioelect._term import add_on_end, session_of
 
 
 def emit(**event: Any) -> None:
@@ -48,10 +52,27 @@ def die_with_parent() -> None:
 
 async def main(args: argparse.Namespace) -> None:
     ident = args.id
+    # When each term ended, taken in the term's own end callback (synchronous: the instant
+    # its session was lost, or it resigned), capped at its renew deadline.
+    term_ended: dict[tuple[str, int], float] = {}
+
+    def on_end(term: aioelect.Term, reason: str) -> None:
+        now = time.monotonic()
+        term_ended[(term.name, term.token)] = min(now, session_of(term).valid_until)
 
     async def assigned(shard: aioelect.Shard) -> None:
         term = shard.term
-        emit(event="elected", id=ident, election=shard.name, token=term.token)
+        add_on_end(term, on_end)
+        # The term's own start (taken when the campaign won), not now: a process stopped
+        # between the win and this line would report a start after the term's end.
+        emit(
+            event="elected",
+            id=ident,
+            election=shard.name,
+            token=term.token,
+            t=term.started_at,
+            t_cb=time.monotonic(),
+        )
         put = elector.client.transactions.put
         while True:
             key = fence_key(args.prefix, shard.name)
@@ -74,7 +95,7 @@ async def main(args: argparse.Namespace) -> None:
             id=ident,
             election=shard.name,
             token=term.token,
-            t=min(time.monotonic(), until),
+            t=min(time.monotonic(), until, term_ended.get((term.name, term.token), until)),
             reason=term.end_reason or "handover",
         )
 
@@ -91,7 +112,7 @@ async def main(args: argparse.Namespace) -> None:
                         "is_valid": s.term.is_valid,
                         "valid_until": session_of(s.term).valid_until,
                     }
-                    for s in [x.shard for x in group._slots.values() if x.shard is not None]
+                    for s in held_shards(group)
                 ]
                 emit(event="woke", id=ident, slept=now - last, terms=terms)
             last = now

@@ -30,6 +30,7 @@ from _support import (
     analyse,
     check_intervals,
     check_logs_against_history,
+    explain_overlaps,
     leading_periods,
     report,
 )
@@ -128,8 +129,24 @@ def verify(procs: Procs, events: list[Event], history: History, lines: list[str]
     assert not check_logs_against_history(events, analysis)
     kills = {i: p.killed_at for i, p in enumerate(procs.all) if p.killed_at is not None}
     periods, _ = leading_periods(events, kills)
+    # A term starts when its campaign wins (its session live) and ends at the latest at
+    # its renew deadline: a period ending before it starts is a measurement error.
+    inverted = [p for p in periods if p.end < p.start]
+    assert not inverted, inverted[:5]
     problems = check_intervals(periods)
-    assert not problems, problems[:5]
+    if problems:
+        timeline = [
+            {"t": p.killed_at, "action": "kill", "id": p.ident}
+            for p in procs.all
+            if p.killed_at is not None
+        ] + [
+            {"t": t, "action": action, "id": p.ident}
+            for p in procs.all
+            for stop, cont in p.pauses
+            for t, action in ((stop, "pause"), (cont, "resume"))
+        ]
+        story = explain_overlaps(problems, events, timeline, history)
+        raise AssertionError(f"{problems[:5]}\n{story}")
     lines.append(f"etcd history: {analysis.summary()}")
 
 
