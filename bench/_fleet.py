@@ -327,7 +327,7 @@ async def section_entry(ctx: Ctx) -> dict[str, Any]:
         await delete_prefix(ctx, empty)
 
     def med(case: str, field: str) -> float:
-        return statistics.median(r[field] for r in runs[case])
+        return float(statistics.median(r[field] for r in runs[case]))
 
     out: dict[str, Any] = {
         "params": {k: v for k, v in n.items() if k.startswith("entry")},
