@@ -797,6 +797,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     data_dir = tempfile.mkdtemp(prefix="aioelect-bench-")  # on disk: fsync is real
     etcd = EtcdProcess(data_dir=data_dir, heartbeat_ms=10, election_ms=100)
+    etcd._die_with = os.getpid()  # etcd gets SIGKILL if the bench dies (Linux; main thread)
     results["machine"] = machine_info(etcd.binary)
     results["etcd_flags"] = (
         "--heartbeat-interval 10 --election-timeout 100 (durable, default fsync)"
