@@ -151,7 +151,7 @@ def _fleet(sec: dict[str, Any], goals: list[Goal]) -> list[str]:
         f"and every candidate key is in etcd. CPU in % of one core. Stopped: {sec['stopped']}. "
         + _load(sec),
         "",
-        "| processes | elections | start (s) | etcd CPU idle / churn | etcd RSS (MiB) "
+        "| processes | elections | start (s) | etcd CPU idle / churn | etcd RSS idle / churn (MiB) "
         "| fleet CPU idle / churn | fleet RSS (MiB) | terms/s | probe p99 idle / churn (ms) |",
         "|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
@@ -163,7 +163,7 @@ def _fleet(sec: dict[str, Any], goals: list[Goal]) -> list[str]:
         md.append(
             f"| {pt['procs']} | {_f(pt['elections'])} | {_f(pt['start_s'], 1)} "
             f"| {_f(i['etcd_cpu_pct'], 0)} / {_f(c['etcd_cpu_pct'], 0)} "
-            f"| {_f(c['etcd_rss_mib'], 0)} "
+            f"| {_f(i['etcd_rss_mib'], 0)} / {_f(c['etcd_rss_mib'], 0)} "
             f"| {_f(i['fleet_cpu_pct'], 0)} / {_f(c['fleet_cpu_pct'], 0)} "
             f"| {_f(c['fleet_rss_mib'], 0)} | {_f(c['resigns_per_s'], 0)} "
             f"| {_ms(i['handover']['p99'])} / **{_ms(c['handover']['p99'])}** |"
@@ -171,7 +171,8 @@ def _fleet(sec: dict[str, Any], goals: list[Goal]) -> list[str]:
     largest = sec.get("largest_within_2x")
     md += [
         "",
-        f"Largest fleet whose probe p99 under churn stays within 2x of the smallest fleet's: "
+        "Largest fleet up to which the probe's p99 under churn stays within 2x of the "
+        "smallest fleet's: "
         f"**{largest if largest is not None else '-'} processes**.",
         "",
     ]
