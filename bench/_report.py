@@ -283,6 +283,13 @@ def render(res: dict[str, Any], out: Path) -> None:
                 rows="\n".join(rows),
             )
 
+    # 7. issue 17's fleet sections (bench/_fleet_report.py)
+    from _fleet_report import render_fleet
+
+    fleet_md, fleet_goals = render_fleet(secs)
+    md += fleet_md
+    goals += fleet_goals
+
     # profiles
     pr = secs.get("profile")
     if pr:

@@ -16,7 +16,11 @@ election timeout 100 ms so 1 s leases are granted) serves every section:
 4. crash failover (TTL 1 s): SIGKILL of the leader process -> the successor
    prints, interleaved with ``etcdctl lock --ttl 1``;
 5. scale of one process and one Elector: 1 .. 10,000 elections (``bench/_scale.py``);
-6. churn: 1,000 elections, random resigns (``bench/_churn.py``).
+6. churn: 1,000 elections, random resigns (``bench/_churn.py``);
+7. issue 17's fleet sections (``bench/_fleet.py``): ``noisy`` (an idle
+   Elector beside a churning neighbour), ``entry`` (entry under a prefix of
+   100,000 other keys), ``fanout`` (etcd's watch events per leader change,
+   20 processes) and ``fleet`` (a simulated fleet, swept over its size).
 
 Writes ``--out`` (Markdown), ``results.json`` and ``results.png`` next to it.
 ``--profile`` also samples the scale, handover and churn processes with
@@ -46,6 +50,7 @@ from typing import Any
 import anyio
 from _candidate import LocalCandidate
 from _common import RawWatcher, count_keys, now_ns, raw_client, wait_keys
+from _fleet import SECTIONS as FLEET_SECTIONS
 from aetcd import rpc
 
 import aioelect
@@ -724,6 +729,7 @@ SECTIONS: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {
     "crash": section_crash,
     "scale": section_scale,
     "churn": section_churn,
+    **FLEET_SECTIONS,
 }
 
 
@@ -791,6 +797,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     data_dir = tempfile.mkdtemp(prefix="aioelect-bench-")  # on disk: fsync is real
     etcd = EtcdProcess(data_dir=data_dir, heartbeat_ms=10, election_ms=100)
+    etcd._die_with = os.getpid()  # etcd gets SIGKILL if the bench dies (Linux; main thread)
     results["machine"] = machine_info(etcd.binary)
     results["etcd_flags"] = (
         "--heartbeat-interval 10 --election-timeout 100 (durable, default fsync)"
