@@ -198,10 +198,9 @@ class Core:
                     await self.conn.connect()
                     if self.session is None:
                         await self._grant()
-                    # One key's name: the prefix can be read (permissions), whatever it holds.
-                    await self.conn.range(
-                        self.root, prefix_range_end(self.root), limit=1, keys_only=True
-                    )
+                    # A read of one key under the prefix (permissions): not of a range,
+                    # whose count etcd would compute over every key under the prefix.
+                    await self.conn.range(self.root)
                     readable = True
                     break
                 except EtcdError as exc:

@@ -288,7 +288,7 @@ def render(res: dict[str, Any], out: Path) -> None:
 
     fleet_md, fleet_goals = render_fleet(secs)
     md += fleet_md
-    goals += fleet_goals
+    goals += [f"| {goal} | {measured} | {_met(ok)} |" for goal, measured, ok in fleet_goals]
 
     # profiles
     pr = secs.get("profile")
