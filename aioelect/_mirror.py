@@ -127,6 +127,8 @@ class Mirror:
         #: The prefix's scope once in prefix mode (None: a watch per election).
         self.prefix: Scope | None = None
         self._prefix_pending = False
+        #: Resolved by the prefix's next load (shared by the views waiting for it).
+        self._prefix_loading: asyncio.Future[None] | None = None
         #: The watches on the current stream, by id.
         self._watches: dict[int, _Watch] = {}
         self._ids = itertools.count(1)
@@ -188,18 +190,32 @@ class Mirror:
         return view
 
     def _want(self, view: ElectionView) -> None:
+        if self.prefix is None and self.in_use > self.prefix_watch_at and self._failed is None:
+            # Prefix mode from now on: views made from here on share its scope.
+            self.prefix = Scope()
+            self._prefix_pending = True
+            log.info(
+                "%d elections in use under %r: watching the whole prefix",
+                self.in_use,
+                self.root,
+            )
+        if self.prefix is not None and self.prefix.epoch and not self._prefix_pending:
+            return  # the prefix's watch covers it already
         if view.loading is None:
-            view.loading = asyncio.get_running_loop().create_future()
-            view.loading.add_done_callback(_consume)
+            if self.prefix is not None:  # one future for every view the prefix's load loads
+                if self._prefix_loading is None:
+                    self._prefix_loading = asyncio.get_running_loop().create_future()
+                    self._prefix_loading.add_done_callback(_consume)
+                view.loading = self._prefix_loading
+            else:
+                view.loading = asyncio.get_running_loop().create_future()
+                view.loading.add_done_callback(_consume)
         if self._failed is not None:
-            view.loading.set_exception(self._failed)
+            if not view.loading.done():
+                view.loading.set_exception(self._failed)
             return
         if self.prefix is None:
             self._pending[view] = None
-            if self.in_use > self.prefix_watch_at:
-                self._prefix_pending = True
-        elif self.prefix.epoch and not self._prefix_pending:
-            self._resolve(view)  # the prefix's watch covers it already
         self._wake.set()
 
     def unuse(self, view: ElectionView) -> None:
@@ -550,13 +566,7 @@ class Mirror:
         as :meth:`_load_views` does."""
         self._prefix_pending = False
         scope = self.prefix
-        if scope is None:
-            scope = self.prefix = Scope()
-            log.info(
-                "%d elections in use under %r: watching the whole prefix",
-                self.in_use,
-                self.root,
-            )
+        assert scope is not None  # set when the mode switched (see _want)
         # The new watch and the read cover whatever the watches before them would
         # still bring: stop applying those now.
         old = list(self._watches)
@@ -600,6 +610,9 @@ class Mirror:
         scope.advance(result.revision, seen=True)
         for view in self.views.values():
             self._resolve(view)
+        loading, self._prefix_loading = self._prefix_loading, None
+        if loading is not None and not loading.done():
+            loading.set_result(None)
         self._leaders_moved(touched)
         self._replay(watch, result.revision)
 
@@ -683,6 +696,8 @@ class Mirror:
             loading, view.loading = view.loading, None
             if loading is not None and not loading.done():
                 loading.set_exception(exc)
+        if self._prefix_loading is not None and not self._prefix_loading.done():
+            self._prefix_loading.set_exception(exc)
         changed, self._changed = self._changed, None
         if changed is not None:
             changed.set()
