@@ -525,15 +525,44 @@ class Mirror:
         up to the read's revision are in the read and dropped from the watch.
         """
         watches: list[_Watch] = []
-        for view in views:
-            if not view.uses or self.views.get(view.name) is not view or view.watch_id:
-                continue  # given up (or watched) meanwhile
-            watch_id = next(self._ids)
-            watch = self._watches[watch_id] = _Watch(view.scope, view)
-            view.watch_id = watch_id
-            watches.append(watch)
-            await stream.create(watch_id, *view.bounds(), 0)
-        self.watches_created += len(watches)
+        try:
+            for view in views:
+                if not view.uses or self.views.get(view.name) is not view or view.watch_id:
+                    continue  # given up (or watched) meanwhile
+                watch_id = next(self._ids)
+                watch = self._watches[watch_id] = _Watch(view.scope, view)
+                view.watch_id = watch_id
+                watches.append(watch)
+                self.watches_created += 1
+                await stream.create(watch_id, *view.bounds(), 0)
+            wanted, refused = await self._created(watches)
+            results = await self._read_views([w.view for w in wanted if w.view is not None])
+        except BaseException:
+            # Not loaded: forget these watches (cancelled on etcd), so that the views
+            # are loaded again (by _serve) instead of waiting on a buffer forever.
+            for watch in watches:
+                one = watch.view
+                assert one is not None
+                if self._watches.get(one.watch_id) is watch:
+                    del self._watches[one.watch_id]
+                    self._cancels.append(one.watch_id)
+                    one.watch_id = 0
+            raise
+        reloaded = False
+        for watch, (view, kvs, revision) in zip(wanted, results, strict=True):
+            if self._watches.get(view.watch_id) is not watch:
+                continue  # given up meanwhile
+            reloaded = reloaded or bool(view.epoch)
+            self._loaded(view, kvs, revision)
+            self._replay(watch, revision)
+        if reloaded:
+            self.resyncs += 1
+        if refused is not None:
+            raise refused  # the loader backs off, then tries those again
+
+    async def _created(self, watches: list[_Watch]) -> tuple[list[_Watch], EtcdError | None]:
+        """Wait for etcd's answer to each create: the watches it created, and the error
+        of one it refused (those are wanted again)."""
         wanted: list[_Watch] = []
         refused: EtcdError | None = None
         for watch in watches:
@@ -546,20 +575,7 @@ class Mirror:
                 refused = exc
                 continue
             wanted.append(watch)
-        results = await self._read_views([w.view for w in wanted if w.view is not None])
-        # Every view is loaded (its users woken) without an await in between: their
-        # campaigns' creates of this loop turn go out as one batch.
-        reloaded = False
-        for watch, (view, kvs, revision) in zip(wanted, results, strict=True):
-            if self._watches.get(view.watch_id) is not watch:
-                continue  # given up meanwhile
-            reloaded = reloaded or bool(view.epoch)
-            self._loaded(view, kvs, revision)
-            self._replay(watch, revision)
-        if reloaded:
-            self.resyncs += 1
-        if refused is not None:
-            raise refused  # the loader backs off, then tries those again
+        return wanted, refused
 
     async def _load_prefix(self, stream: WatchStream) -> None:
         """Read the whole prefix and follow it with one watch (prefix mode); watch first,
@@ -591,7 +607,8 @@ class Mirror:
             result = await self._conn.range_all(self.root, self._range_end)
         except BaseException:
             self._prefix_pending = True
-            self._watches.pop(watch_id, None)
+            if self._watches.pop(watch_id, None) is not None:
+                self._cancels.append(watch_id)
             raise
         mirrored: list[KV] = []
         for view in self.views.values():
