@@ -9,6 +9,10 @@ the revisions a view is known at: up to which every event has been applied
 included (``reached``); with the waiters on each. A view watched alone has a
 scope of its own; in prefix mode every view shares the prefix's (see
 :mod:`._mirror`). Pure bookkeeping, no I/O: the mirror feeds it.
+
+Size: over 400 lines because the view, its scope and the waiters they hold
+are one piece of bookkeeping (the scope's waiters are woken by the view's
+events); each class is small.
 """
 
 from __future__ import annotations

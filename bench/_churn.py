@@ -16,6 +16,7 @@ Prints one JSON object on the last line of stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -57,20 +58,30 @@ def _instrument() -> None:
     w_cls = _connection.WatchStream
     progress = w_cls.request_progress
     read = w_cls.read
+    create = w_cls.create
+    cancel = w_cls.cancel
+
+    async def counted_create(self: Any, *args: Any) -> None:
+        REQUESTS["WatchCreateRequest (stream write)"] += 1
+        await create(self, *args)
+
+    async def counted_cancel(self: Any, watch_id: int) -> None:
+        REQUESTS["WatchCancelRequest (stream write)"] += 1
+        await cancel(self, watch_id)
 
     async def counted_progress(self: Any) -> None:
         REQUESTS["WatchProgressRequest (stream write)"] += 1
         await progress(self)
 
     async def counted_read(self: Any) -> Any:
-        if not self._started:
-            REQUESTS["WatchCreateRequest (stream write)"] += 1
         batch = await read(self)
         REQUESTS["watch responses received (not requests)"] += 1
         REQUESTS["watch events received (not requests)"] += len(batch.events)
         return batch
 
     w_cls.request_progress = counted_progress  # type: ignore[method-assign]
+    w_cls.create = counted_create  # type: ignore[method-assign]
+    w_cls.cancel = counted_cancel  # type: ignore[method-assign]
     w_cls.read = counted_read  # type: ignore[method-assign]
 
 
@@ -95,8 +106,10 @@ async def main(args: argparse.Namespace) -> None:
             name = f"c{i}"
             if not first:
                 # Join behind the other candidate, so every election starts with two.
-                while len(core_of(elector).mirror.view(name).kvs) < 1:  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
+                async with elector.observe(name) as leaders:
+                    async for info in leaders:
+                        if info is not None:
+                            break
             while not stop.is_set():
                 async with elector.hold(name, "x"):
                     t = now_ns()
@@ -178,13 +191,16 @@ async def main(args: argparse.Namespace) -> None:
                 "watch_recreated": recreated,
                 "finished_ns": now_ns(),
             }
-            for elector in (ea, eb):  # drop the keys at once, not by TTL
-                lease_id = elector.statistics().lease_id
-                if lease_id is not None:
-                    await core_of(elector).conn.revoke(lease_id)
             sys.stdout.write(json.dumps(res) + "\n")
             sys.stdout.flush()
-            os._exit(0)  # skip the teardown (the leases expire by themselves)
+            # Drop the keys at once, not by TTL (the candidates still running fail once
+            # their lease is gone: that ends this process, its figures written above).
+            with contextlib.suppress(BaseException):
+                for elector in (ea, eb):
+                    lease_id = elector.statistics().lease_id
+                    if lease_id is not None:
+                        await core_of(elector).conn.revoke(lease_id)
+            os._exit(0)  # skip the teardown
 
 
 def cli() -> None:

@@ -148,3 +148,60 @@ async def test_above_prefix_watch_at_one_watch_of_the_prefix_takes_over(
         await raw.txn([], [raw.op_delete(held[1].key)])
         await eventually(lambda: not held[1].is_valid, what="term ended")
         stop.set()
+
+
+async def test_a_write_between_the_read_and_its_apply_is_kept(
+    make_elector: ElectorFactory, raw: Connection, etcd_prefix: str, monkeypatch: Any
+) -> None:
+    """Loading watches first, reads second: a key written after the read (but before the
+    view applied it) arrives through the watch and is applied after the read, not lost."""
+    elector = await make_elector()
+    mirror = core_of(elector).mirror
+    late = f"{etcd_prefix}/job/late".encode()
+    arrived = anyio.Event()
+    apply = mirror.apply_batch
+
+    def watching(batch: WatchBatch) -> None:
+        apply(batch)
+        if any(kv.key == late for _, kv in batch.events):
+            arrived.set()
+
+    monkeypatch.setattr(mirror, "apply_batch", watching)
+    read_views = mirror._read_views
+
+    async def reading(views: Any) -> Any:
+        out = await read_views(views)
+        await raw.txn([], [raw.op_put(late, b"late")])  # after the read: only the watch has it
+        await arrived.wait()  # kept by the watch until the read is applied
+        return out
+
+    monkeypatch.setattr(mirror, "_read_views", reading)
+    async with elector.observe("job") as leaders:
+        async for info in leaders:
+            assert info is not None and info.key == late
+            break
+    assert arrived.is_set()
+
+
+async def test_a_load_whose_read_fails_is_tried_again(
+    make_elector: ElectorFactory, monkeypatch: Any
+) -> None:
+    """The read of a load fails (after its watch was created): the watch is dropped, the
+    load is tried again after a back-off, and the campaign wins on one watch."""
+    elector = await make_elector()
+    conn = core_of(elector).conn
+    original = conn.txn
+    failed: list[int] = []
+
+    async def txn(compare: Any, success: Any, *args: Any, **kw: Any) -> Any:
+        if not compare and not failed and success and success[0].HasField("request_range"):
+            failed.append(1)
+            raise aioelect.EtcdUnavailable(conn.endpoint_names, "injected")
+        return await original(compare, success, *args, **kw)
+
+    monkeypatch.setattr(conn, "txn", txn)
+    with anyio.fail_after(10):
+        async with elector.hold("job", "a") as term:
+            assert failed == [1]
+            assert term.is_valid
+            assert core_of(elector).mirror.watching() == ["job"]
