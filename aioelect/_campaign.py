@@ -26,6 +26,9 @@
    lost: campaign again on the next session.
 
 Cancellation at any point deletes the candidate key (shielded, bounded).
+
+Size: about 400 lines: the pure step and its action table beside the loop
+that performs them, so that each action is read next to its effect.
 """
 
 from __future__ import annotations
@@ -196,7 +199,7 @@ async def _campaign(
                 if held is not None and held[0] == token:
                     epoch = held[1]  # the same key as before: keep its older epoch
                 held = (token, epoch)
-                term = await _wait_turn(core, session, view, key, token, epoch, wait)
+                term = await _wait_turn(core, session, view, key, token, epoch, wait, value)
                 if term is not None:
                     return term
                 log.debug("campaign for %r: key %r gone or session lost; again", name, key)
@@ -277,9 +280,12 @@ async def _wait_turn(
     token: int,
     epoch: int,
     wait: bool = True,
+    value: bytes | None = None,
 ) -> Term | None:
     """Wait until ``key`` (created at ``token``) leads; None if it is gone or the session
-    was lost. ``epoch``: the mirror's epoch from before the key was created."""
+    was lost. ``epoch``: the mirror's epoch from before the key was created; ``value``:
+    the value the campaign wrote (the mirror may not show it yet: a key reused from an
+    earlier attempt is rewritten, and its rewrite may arrive after the win)."""
     conn = core.conn
     mirror = core.mirror
     # (A batched create answers once the mirror has seen it: no wait here.)
@@ -320,7 +326,8 @@ async def _wait_turn(
             # The mirror shows our key alive and no predecessor, in one revision: we
             # lead (see step 3 of the module docstring).
             assert step.kv is not None
-            term = Term(core, session, view.name, key, step.kv.value, token)
+            written = step.kv.value if value is None else value
+            term = Term(core, session, view.name, key, written, token)
             if not attach(term):
                 return None
             record = view.transfer
